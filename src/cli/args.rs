@@ -1,0 +1,137 @@
+//! The command line, as clap types. Doc comments are the help text users read.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// psm — a process supervisor for developer machines.
+///
+/// Keeps a registry of every service (global, per-project, per-session) in
+/// <root>/.live-process-registry.json. The root is --root, else $PSM_ROOT,
+/// else $CODING_REPO, else the current directory.
+#[derive(Debug, Parser)]
+#[command(name = "psm", version, propagate_version = true)]
+pub struct Cli {
+    /// The psm root directory (registry, logs, runtime files).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record a running process as a service (replaces a record of that name).
+    Register(RegisterArgs),
+    /// Remove a service's record (the process is left running).
+    Unregister(ServiceArgs),
+    /// Print a service's record as JSON.
+    Get(ServiceArgs),
+    /// Print whether a service's process runs (true/false; exit 0/1).
+    Check(ServiceArgs),
+    /// Stamp a service's last health check with the current time.
+    Refresh(ServiceArgs),
+    /// Show every service and session; dead processes show as dead.
+    Status(JsonArgs),
+    /// Remove records of processes that are gone; clean up sessions whose process is gone.
+    Cleanup(JsonArgs),
+    /// Terminal sessions whose services end with them.
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+/// A service's name, type and owner.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The service name.
+    pub name: String,
+    /// global, per-project or per-session.
+    #[arg(value_name = "TYPE")]
+    pub service_type: String,
+    /// The project directory (absolute; for per-project).
+    #[arg(long, value_name = "PATH")]
+    pub project: Option<PathBuf>,
+    /// The session id (for per-session; default $PSM_SESSION_ID).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The service name.
+    pub name: String,
+    /// The process id of the running service.
+    #[arg(allow_hyphen_values = true)]
+    pub pid: String,
+    /// global, per-project or per-session.
+    #[arg(value_name = "TYPE")]
+    pub service_type: String,
+    /// What runs (a script path or command), for people reading the registry.
+    pub script: String,
+    /// The project directory (absolute; for per-project).
+    #[arg(long, value_name = "PATH")]
+    pub project: Option<PathBuf>,
+    /// The session id (for per-session; default $PSM_SESSION_ID).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Extra metadata, repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Record a session: the process whose end ends it, and its project.
+    Register {
+        /// The session id.
+        id: String,
+        /// The session's process (usually the shell or launcher).
+        #[arg(allow_hyphen_values = true)]
+        pid: String,
+        /// The project directory (absolute).
+        project_path: PathBuf,
+    },
+    /// End a session: stop its services (and their process groups), remove its records.
+    Cleanup {
+        /// The session id.
+        id: String,
+        #[command(flatten)]
+        json: JsonArgs,
+    },
+    /// Start a command detached as a per-session service; prints its pid.
+    Spawn {
+        /// The service name.
+        name: String,
+        /// The session id (default $PSM_SESSION_ID).
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Run a command as a session: register it, export PSM_SESSION_ID, and
+    /// clean the session up when the command ends or this wrapper is signalled.
+    Run {
+        /// The project directory (default: the current directory).
+        #[arg(long, value_name = "PATH")]
+        project: Option<PathBuf>,
+        /// The session id (default session-<pid>-<unix seconds>).
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+}

@@ -1,0 +1,225 @@
+//! The `psm` command line: parse, validate into domain types, call the
+//! library, print. Exit codes: 0 success, 1 failure or not found, 2 usage.
+
+pub mod args;
+mod output;
+mod session;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::{Map, Value};
+
+use crate::input::{self, InputError};
+use crate::paths::Paths;
+use crate::registry::{
+    ManagerError, Registration, Scope, ServiceKey, ServiceType, StateManager, Store,
+};
+use args::{Cli, Command, RegisterArgs, ServiceArgs, SessionCommand};
+
+/// A command's failure, carrying its exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad arguments: exit 2.
+    Usage(String),
+    /// The command could not do its job: exit 1.
+    Failed(anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(m) => f.write_str(m),
+            // `{:#}` puts the whole cause chain on one line.
+            CliError::Failed(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl From<InputError> for CliError {
+    fn from(e: InputError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+impl From<ManagerError> for CliError {
+    fn from(e: ManagerError) -> Self {
+        CliError::Failed(e.into())
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Failed(e)
+    }
+}
+
+pub type CliResult = Result<ExitCode, CliError>;
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> CliResult {
+    let paths = Paths::resolve(cli.root.as_deref()).context("finding the current directory")?;
+    let manager = StateManager::new(Store::new(paths.clone()));
+    match cli.command {
+        Command::Register(a) => register(&manager, a),
+        Command::Unregister(a) => {
+            let key = service_key(&a)?;
+            manager.unregister_service(&key)?;
+            println!("unregistered {key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get(a) => {
+            let key = service_key(&a)?;
+            let record = manager
+                .get_service(&key)?
+                .ok_or(ManagerError::NotFound(key))?;
+            output::print_json(&record);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(a) => {
+            let key = service_key(&a)?;
+            let running = manager.is_service_running(&key)?;
+            println!("{running}");
+            Ok(if running {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Refresh(a) => {
+            manager.refresh_health_check(&service_key(&a)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(a) => {
+            let health = manager.get_health_status()?;
+            if a.json {
+                output::print_json(&health);
+            } else {
+                output::print_status(&health);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup(a) => {
+            let report = manager.cleanup_dead_processes()?;
+            if a.json {
+                output::print_json(&report);
+            } else {
+                println!(
+                    "cleaned {} record(s); {} session(s) ended",
+                    report.cleaned(),
+                    report.sessions.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Session(cmd) => session_command(&paths, &manager, cmd),
+    }
+}
+
+fn session_command(paths: &Paths, manager: &StateManager, cmd: SessionCommand) -> CliResult {
+    match cmd {
+        SessionCommand::Register {
+            id,
+            pid,
+            project_path,
+        } => {
+            input::validate_name("session id", &id)?;
+            let pid = input::parse_pid(&pid)?;
+            let project = input::canonical_project(&project_path)?;
+            manager.register_session(&id, pid, &project.to_string_lossy())?;
+            println!("registered session {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Cleanup { id, json } => {
+            input::validate_name("session id", &id)?;
+            let result = manager.cleanup_session(&id)?;
+            if json.json {
+                output::print_json(&result);
+            } else {
+                println!(
+                    "session {id}: cleaned {}, terminated {}",
+                    result.cleaned,
+                    result.terminated.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Spawn {
+            name,
+            session,
+            command,
+        } => session::spawn(paths, manager, &name, session, &command),
+        SessionCommand::Run {
+            project,
+            id,
+            command,
+        } => session::run(paths, manager, project.as_deref(), id, &command),
+    }
+}
+
+fn register(manager: &StateManager, a: RegisterArgs) -> CliResult {
+    let scope = scope_of(&a.service_type, a.project.as_deref(), a.session)?;
+    input::validate_name("service name", &a.name)?;
+    let pid = input::parse_pid(&a.pid)?;
+    let mut metadata = Map::new();
+    for m in &a.meta {
+        let (k, v) = input::parse_meta(m)?;
+        metadata.insert(k, Value::String(v));
+    }
+    let key = ServiceKey::new(a.name, scope);
+    manager.register_service(Registration {
+        key: key.clone(),
+        pid,
+        script: a.script,
+        metadata,
+    })?;
+    println!("registered {key} pid {pid}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn service_key(a: &ServiceArgs) -> Result<ServiceKey, CliError> {
+    let scope = scope_of(&a.service_type, a.project.as_deref(), a.session.clone())?;
+    input::validate_name("service name", &a.name)?;
+    Ok(ServiceKey::new(a.name.clone(), scope))
+}
+
+/// The session id from a flag, else `$PSM_SESSION_ID`.
+fn session_or_env(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| {
+        std::env::var("PSM_SESSION_ID")
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
+}
+
+/// Turns a type name and its owner flags into a validated scope.
+fn scope_of(
+    service_type: &str,
+    project: Option<&Path>,
+    session: Option<String>,
+) -> Result<Scope, InputError> {
+    match ServiceType::parse(service_type) {
+        Some(ServiceType::Global) => Ok(Scope::Global),
+        Some(ServiceType::PerProject) => {
+            let dir = project.ok_or(InputError::MissingProject)?;
+            let dir = input::canonical_project(dir)?;
+            Ok(Scope::Project(dir.to_string_lossy().into_owned()))
+        }
+        Some(ServiceType::PerSession) => {
+            let id = session_or_env(session).ok_or(InputError::MissingSession)?;
+            input::validate_name("session id", &id)?;
+            Ok(Scope::Session(id))
+        }
+        None => Err(InputError::Type(service_type.to_string())),
+    }
+}

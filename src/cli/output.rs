@@ -1,0 +1,113 @@
+//! What the CLI prints: compact tables for people, JSON for programs.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::registry::HealthStatus;
+use crate::time::{short_duration, since_millis};
+
+pub fn print_json<T: Serialize>(value: &T) {
+    // Serializing psm's own types cannot fail: no maps with non-string keys.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
+/// Renders rows as left-aligned columns separated by two spaces.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn age(millis: u64) -> String {
+    if millis == 0 {
+        "-".to_string()
+    } else {
+        short_duration(since_millis(millis))
+    }
+}
+
+/// The last path component: enough to tell projects apart in a table.
+fn short_project(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
+pub fn print_status(health: &HealthStatus) {
+    if health.details.is_empty() {
+        println!("no services registered");
+    } else {
+        let mut rows = vec![[
+            "NAME", "TYPE", "SCOPE", "PID", "STATUS", "UPTIME", "HEALTH", "RESTARTS",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for d in &health.details {
+            let scope = match (&d.project_path, &d.session_id) {
+                (_, Some(s)) => s.clone(),
+                (Some(p), None) => short_project(p),
+                (None, None) => "-".to_string(),
+            };
+            let running = d.status != "dead" && d.pid.is_some();
+            rows.push(vec![
+                d.name.clone(),
+                d.service_type.to_string(),
+                scope,
+                d.pid.map_or("-".to_string(), |p| p.to_string()),
+                d.status.clone(),
+                if running {
+                    age(d.start_time)
+                } else {
+                    "-".to_string()
+                },
+                age(d.last_health_check),
+                d.restart_count.to_string(),
+            ]);
+        }
+        print!("{}", table(&rows));
+        println!(
+            "{} service(s): {} healthy, {} unhealthy",
+            health.total_services, health.healthy_services, health.unhealthy_services
+        );
+    }
+    if !health.sessions.is_empty() {
+        let mut rows = vec![["SESSION", "PID", "PROJECT", "ALIVE", "AGE", "SERVICES"]
+            .map(String::from)
+            .to_vec()];
+        for s in &health.sessions {
+            rows.push(vec![
+                s.id.clone(),
+                s.pid.to_string(),
+                short_project(&s.project_path),
+                if s.alive { "yes" } else { "no" }.to_string(),
+                age(s.start_time),
+                s.services.to_string(),
+            ]);
+        }
+        println!();
+        print!("{}", table(&rows));
+    }
+}

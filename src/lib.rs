@@ -1,0 +1,25 @@
+//! psm — a process supervisor for developer machines.
+//!
+//! # Layout
+//! - [`registry`]: the Process State Manager. The JSON registry of every
+//!   service by scope (global, per-project, per-session) and of sessions, with
+//!   locked read-modify-write and atomic saves (`store`), and the seed's API
+//!   on top (`manager`). Every writer — CLI processes, the coordinator — goes
+//!   through it, under one `flock`.
+//! - [`process`]: process identity (pid + kernel start time), signals that
+//!   never hit a process whose identity does not match, detached spawning.
+//! - [`cli`]: the `psm` command line; `main.rs` only parses and calls it.
+//! - [`input`], [`paths`], [`time`]: validation of user input, every path
+//!   under a root, and the registry's millisecond clock.
+//!
+//! # Files on disk (under the root)
+//! - `.live-process-registry.json`: the registry (mode 0600).
+//! - `.live-process-registry.json.lock`: the file psm `flock`s; never stale.
+//! - `.logs/`: service logs (`<session>.<name>.log` for session services).
+
+pub mod cli;
+pub mod input;
+pub mod paths;
+pub mod process;
+pub mod registry;
+pub mod time;

@@ -1,0 +1,102 @@
+//! Every file psm touches under a root, derived in one place.
+//!
+//! The root is `--root DIR`, else `$PSM_ROOT`, else `$CODING_REPO` (the seed's
+//! name for it), else the current directory. Nothing else in psm builds a path
+//! from scratch, so tests that point `--root` at a temp dir are fully isolated.
+
+use std::path::{Path, PathBuf};
+
+/// The registry file name, kept from the seed so its readers keep working.
+pub const REGISTRY_FILE: &str = ".live-process-registry.json";
+
+/// Paths of one psm root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Paths { root: root.into() }
+    }
+
+    /// Resolves the root from an explicit flag or the environment, as documented
+    /// in the README: flag, `$PSM_ROOT`, `$CODING_REPO`, current directory.
+    pub fn resolve(flag: Option<&Path>) -> std::io::Result<Self> {
+        let chosen = flag.map(Path::to_path_buf).or_else(|| {
+            ["PSM_ROOT", "CODING_REPO"]
+                .iter()
+                .filter_map(std::env::var_os)
+                .find(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let root = match chosen {
+            Some(p) if p.is_absolute() => p,
+            Some(p) => std::env::current_dir()?.join(p),
+            None => std::env::current_dir()?,
+        };
+        Ok(Paths::new(root))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn registry(&self) -> PathBuf {
+        self.root.join(REGISTRY_FILE)
+    }
+
+    /// The file psm `flock`s; never deleted, so a lock can never be "stale".
+    pub fn registry_lock(&self) -> PathBuf {
+        self.root.join(format!("{REGISTRY_FILE}.lock"))
+    }
+
+    /// Where a save is staged before it is renamed over the registry.
+    pub fn registry_tmp(&self) -> PathBuf {
+        self.root.join(format!("{REGISTRY_FILE}.tmp"))
+    }
+
+    /// Where an unparseable registry is preserved before anything replaces it.
+    pub fn registry_corrupt_copy(&self, millis: u64) -> PathBuf {
+        self.root.join(format!("{REGISTRY_FILE}.corrupt-{millis}"))
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join(".logs")
+    }
+
+    /// Log of a per-session service started by `psm session spawn`.
+    pub fn session_service_log(&self, session: &str, name: &str) -> PathBuf {
+        self.logs_dir().join(format!("{session}.{name}.log"))
+    }
+
+    /// Log of a service instance run by the coordinator.
+    pub fn service_log(&self, instance: &str) -> PathBuf {
+        self.logs_dir().join(format!("{instance}.log"))
+    }
+
+    pub fn coordinator_log(&self) -> PathBuf {
+        self.logs_dir().join("coordinator.log")
+    }
+
+    pub fn watchdog_log(&self) -> PathBuf {
+        self.logs_dir().join("system-watchdog.log")
+    }
+
+    /// Runtime files (socket, coordinator lock); created mode 0700.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.join(".psm")
+    }
+
+    pub fn coordinator_lock(&self) -> PathBuf {
+        self.runtime_dir().join("coordinator.lock")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.runtime_dir().join("coordinator.sock")
+    }
+
+    pub fn default_config(&self) -> PathBuf {
+        self.root.join("psm.toml")
+    }
+}

@@ -1,0 +1,180 @@
+//! Process identity: a pid alone is not an identity, because pids are reused.
+//!
+//! psm records the kernel's start time of a process next to its pid
+//! (`pidStartTime`). A process is "the one we recorded" only while both match;
+//! anything else — no such pid, another start time, a zombie — is dead to psm.
+//! The start time is an opaque number: clock ticks since boot on Linux
+//! (`/proc/<pid>/stat` field 22), microseconds since the epoch on macOS.
+
+use serde::{Deserialize, Serialize};
+
+/// What the kernel says about one pid right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub start_time: u64,
+    pub pgid: i32,
+    /// Exited but not yet reaped: it can no longer do anything, so it is dead.
+    pub zombie: bool,
+}
+
+/// A pid together with the start time that makes it unambiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl Identity {
+    /// The identity of a live process, or `None` if there is none at `pid`.
+    /// Zombies are included: a child we just spawned may already have exited,
+    /// and its identity is still the one to record.
+    pub fn of(pid: i32) -> Option<Identity> {
+        if pid <= 0 {
+            return None;
+        }
+        ProcInfo::read(pid).map(|info| Identity {
+            pid,
+            start_time: info.start_time,
+        })
+    }
+
+    /// True while this exact process runs (same pid, same start time, not a zombie).
+    pub fn is_alive(&self) -> bool {
+        self.pid > 0
+            && matches!(ProcInfo::read(self.pid), Some(info) if info.start_time == self.start_time && !info.zombie)
+    }
+}
+
+/// True when `pid` may ever be signalled by psm: never 0 (our own group),
+/// 1 (init), or a negative number (a whole group, or every process).
+pub fn signallable(pid: i32) -> bool {
+    pid > 1
+}
+
+#[cfg(target_os = "linux")]
+impl ProcInfo {
+    pub fn read(pid: i32) -> Option<ProcInfo> {
+        let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+        parse_stat(&stat)
+    }
+}
+
+/// Parses `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted from the last `)`.
+#[cfg(target_os = "linux")]
+fn parse_stat(stat: &[u8]) -> Option<ProcInfo> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // fields[0] is field 3 (state), so field N is fields[N - 3].
+    let state = fields.first()?;
+    let pgid = fields.get(5 - 3)?.parse().ok()?;
+    let start_time = fields.get(22 - 3)?.parse().ok()?;
+    Some(ProcInfo {
+        start_time,
+        pgid,
+        zombie: *state == "Z" || *state == "X",
+    })
+}
+
+#[cfg(target_os = "macos")]
+impl ProcInfo {
+    pub fn read(pid: i32) -> Option<ProcInfo> {
+        // SAFETY: proc_bsdinfo is plain old data; proc_pidinfo writes at most
+        // `size` bytes into it and returns how many it wrote.
+        let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+        let written = unsafe {
+            libc::proc_pidinfo(
+                pid,
+                libc::PROC_PIDTBSDINFO,
+                0,
+                &mut info as *mut _ as *mut libc::c_void,
+                size,
+            )
+        };
+        if written != size {
+            return None;
+        }
+        Some(ProcInfo {
+            start_time: info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
+            pgid: info.pbi_pgid as i32,
+            zombie: info.pbi_status == libc::SZOMB,
+        })
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+impl ProcInfo {
+    pub fn read(_pid: i32) -> Option<ProcInfo> {
+        None
+    }
+}
+
+/// Live (non-zombie) members of process group `pgid` that started no earlier
+/// than `since`, as identities taken at this moment. Used when a group leader
+/// has already exited but its descendants may still hold the group: the kernel
+/// does not reuse a pid number while a group of that number exists, and the
+/// start-time floor excludes anything older than the group's leader.
+#[cfg(target_os = "linux")]
+pub fn live_group_members(pgid: i32, since: u64) -> Vec<Identity> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let info = ProcInfo::read(pid)?;
+            (info.pgid == pgid && !info.zombie && info.start_time >= since).then_some(Identity {
+                pid,
+                start_time: info.start_time,
+            })
+        })
+        .collect()
+}
+
+/// Without a process table to scan, a group whose leader is gone is left alone:
+/// psm cannot prove who its members are.
+#[cfg(not(target_os = "linux"))]
+pub fn live_group_members(_pgid: i32, _since: u64) -> Vec<Identity> {
+    Vec::new()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_command_names() {
+        let line =
+            b"4242 (a) b (c)) S 1 4240 4240 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200";
+        let info = parse_stat(line).unwrap();
+        assert_eq!(info.pgid, 4240);
+        assert_eq!(info.start_time, 98765);
+        assert!(!info.zombie);
+    }
+
+    #[test]
+    fn zombie_state_is_reported() {
+        let line = b"7 (sh) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
+        assert!(parse_stat(line).unwrap().zombie);
+    }
+
+    #[test]
+    fn own_identity_is_alive_and_a_wrong_start_time_is_not() {
+        let me = Identity::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let impostor = Identity {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!impostor.is_alive());
+    }
+
+    #[test]
+    fn never_signallable() {
+        for pid in [-5, -1, 0, 1] {
+            assert!(!signallable(pid), "{pid}");
+        }
+        assert!(signallable(2));
+    }
+}

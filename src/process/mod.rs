@@ -1,0 +1,10 @@
+//! Processes as psm sees them: identity (pid + kernel start time), signals that
+//! refuse to hit a stranger, and detached spawning into a new session.
+
+pub mod identity;
+pub mod signal;
+pub mod spawn;
+
+pub use identity::{Identity, ProcInfo};
+pub use signal::{terminate, StopOutcome, StopRequest};
+pub use spawn::{open_log, spawn_detached, DetachedSpec};

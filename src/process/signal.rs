@@ -1,0 +1,170 @@
+//! Stopping processes without ever hitting a stranger.
+//!
+//! Invariants, checked on every signal sent, not once up front:
+//! - never pid 0, 1 or a negative pid (`identity::signallable`);
+//! - a process is signalled only while its recorded identity matches;
+//! - a recorded process-group leader is signalled as a group, so its
+//!   grandchildren go with it. If the leader is already gone, the surviving
+//!   members are found and signalled one by one, each by its own identity.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use super::identity::{live_group_members, signallable, Identity};
+
+/// How often termination polls for the processes to be gone.
+const POLL: Duration = Duration::from_millis(10);
+/// How long to wait for the kernel to finish a SIGKILL before giving up.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// One process (and optionally its group) to stop.
+#[derive(Debug, Clone, Copy)]
+pub struct StopRequest {
+    pub identity: Identity,
+    /// The recorded process group. Honoured only when it equals the pid, i.e.
+    /// the process is the leader psm made it with `setsid`.
+    pub pgid: Option<i32>,
+    /// The polite signal (SIGTERM unless configured otherwise).
+    pub signal: Signal,
+    /// How long after the polite signal before SIGKILL.
+    pub grace: Duration,
+}
+
+/// What `terminate` found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// Nothing matching the record was running; nothing was signalled.
+    AlreadyGone,
+    /// Everything exited after the polite signal.
+    Stopped,
+    /// SIGKILL was needed.
+    Killed,
+    /// Still running after SIGKILL (uninterruptible sleep, or not ours to kill).
+    Survived,
+}
+
+impl StopRequest {
+    pub fn new(identity: Identity, pgid: Option<i32>, grace: Duration) -> Self {
+        StopRequest {
+            identity,
+            pgid,
+            signal: Signal::SIGTERM,
+            grace,
+        }
+    }
+
+    fn group(&self) -> Option<i32> {
+        self.pgid
+            .filter(|&g| g == self.identity.pid && signallable(g))
+    }
+
+    /// Everything this request still covers that runs right now.
+    fn anything_alive(&self) -> bool {
+        self.identity.is_alive()
+            || self
+                .group()
+                .is_some_and(|g| !live_group_members(g, self.identity.start_time).is_empty())
+    }
+
+    /// Sends `sig` to what is still ours. Returns whether anything was signalled.
+    fn send(&self, sig: Signal) -> bool {
+        if !signallable(self.identity.pid) {
+            return false;
+        }
+        if self.identity.is_alive() {
+            // The leader's identity vouches for the group: only its descendants
+            // can join a group in its session.
+            let sent = match self.group() {
+                Some(g) => killpg(Pid::from_raw(g), sig),
+                None => kill(Pid::from_raw(self.identity.pid), sig),
+            };
+            return sent.is_ok();
+        }
+        let Some(group) = self.group() else {
+            return false;
+        };
+        let mut any = false;
+        for member in live_group_members(group, self.identity.start_time) {
+            // Re-checked per member: it may have exited (and its pid been
+            // reused) since the scan.
+            if signallable(member.pid) && member.is_alive() {
+                any |= kill(Pid::from_raw(member.pid), sig).is_ok();
+            }
+        }
+        any
+    }
+
+    fn wait_gone(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !self.anything_alive() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(POLL);
+        }
+    }
+}
+
+/// Stops the process (and its group): the polite signal, then SIGKILL after
+/// the grace period. Blocks for at most `grace` + 2 s. Safe to call on a record
+/// whose process is long gone or whose pid now belongs to someone else: then it
+/// signals nothing and returns `AlreadyGone`.
+pub fn terminate(req: &StopRequest) -> StopOutcome {
+    if !signallable(req.identity.pid) || !req.anything_alive() {
+        return StopOutcome::AlreadyGone;
+    }
+    if req.send(req.signal) && req.wait_gone(req.grace) {
+        return StopOutcome::Stopped;
+    }
+    req.send(Signal::SIGKILL);
+    if req.wait_gone(KILL_WAIT) {
+        StopOutcome::Killed
+    } else {
+        StopOutcome::Survived
+    }
+}
+
+/// Parses a signal name as written in configs: `TERM`, `SIGTERM`, `term`, `15`.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    if let Ok(n) = name.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(parse_signal("TERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Some(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("BOGUS"), None);
+    }
+
+    #[test]
+    fn refuses_pid_one_and_below() {
+        for pid in [-1, 0, 1] {
+            let req = StopRequest::new(
+                Identity { pid, start_time: 0 },
+                Some(pid),
+                Duration::from_millis(1),
+            );
+            assert_eq!(terminate(&req), StopOutcome::AlreadyGone);
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Starting a process detached from psm: a new session (and so a new process
+//! group it leads), stdin from /dev/null, stdout and stderr appended straight to
+//! a log file. No pipe runs through psm, so the process survives psm's death and
+//! never gets SIGPIPE from it.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DetachedSpec {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(OsString, OsString)>,
+    pub log: PathBuf,
+}
+
+/// Opens (creating, mode 0600) a log file for appending, creating its
+/// directory if needed.
+pub fn open_log(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Builds the command: new session, /dev/null stdin, output to the log.
+/// Returned unspawned so the caller can spawn it with std or tokio.
+pub fn detached_command(spec: &DetachedSpec) -> io::Result<Command> {
+    let log = open_log(&spec.log)?;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
+    Ok(cmd)
+}
+
+/// Spawns the process detached; its pid is also its process-group id.
+pub fn spawn_detached(spec: &DetachedSpec) -> io::Result<std::process::Child> {
+    detached_command(spec)?.spawn()
+}

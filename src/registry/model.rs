@@ -1,0 +1,402 @@
+//! The registry file's data, in the seed's layout: camelCase keys, times in
+//! milliseconds since the epoch. Every struct keeps the fields it does not know
+//! in `extra`, so a rewrite by psm never drops what another tool wrote.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::process::Identity;
+
+pub const REGISTRY_VERSION: &str = "3.0.0";
+
+/// The whole registry file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registry {
+    #[serde(default = "current_version")]
+    pub version: String,
+    #[serde(default)]
+    pub last_change: u64,
+    #[serde(default)]
+    pub sessions: BTreeMap<String, SessionRecord>,
+    #[serde(default)]
+    pub services: Services,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn current_version() -> String {
+    REGISTRY_VERSION.to_string()
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            version: current_version(),
+            last_change: 0,
+            sessions: BTreeMap::new(),
+            services: Services::default(),
+            extra: Map::new(),
+        }
+    }
+}
+
+/// Services by scope: `global` by name, `projects` and `sessions` by owner, then name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Services {
+    #[serde(default)]
+    pub global: BTreeMap<String, ServiceRecord>,
+    #[serde(default)]
+    pub projects: BTreeMap<String, BTreeMap<String, ServiceRecord>>,
+    #[serde(default)]
+    pub sessions: BTreeMap<String, BTreeMap<String, ServiceRecord>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The three kinds of service the seed defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceType {
+    Global,
+    PerProject,
+    PerSession,
+}
+
+impl ServiceType {
+    pub const ALL: [ServiceType; 3] = [Self::Global, Self::PerProject, Self::PerSession];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Global => "global",
+            Self::PerProject => "per-project",
+            Self::PerSession => "per-session",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a service lives in the registry: its type plus the owner it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Global,
+    Project(String),
+    Session(String),
+}
+
+impl Scope {
+    pub fn service_type(&self) -> ServiceType {
+        match self {
+            Scope::Global => ServiceType::Global,
+            Scope::Project(_) => ServiceType::PerProject,
+            Scope::Session(_) => ServiceType::PerSession,
+        }
+    }
+
+    /// The project path or session id, if the scope has one.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Scope::Global => None,
+            Scope::Project(p) | Scope::Session(p) => Some(p),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Global => f.write_str("global"),
+            Scope::Project(p) => write!(f, "per-project {p}"),
+            Scope::Session(s) => write!(f, "per-session {s}"),
+        }
+    }
+}
+
+/// A service's address: scope + name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub scope: Scope,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(name: impl Into<String>, scope: Scope) -> Self {
+        ServiceKey {
+            scope,
+            name: name.into(),
+        }
+    }
+
+    pub fn global(name: impl Into<String>) -> Self {
+        Self::new(name, Scope::Global)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.scope)
+    }
+}
+
+/// One service record: the seed's fields, then psm's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRecord {
+    /// `null` while the service has no process (failed, or between restarts).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub script: String,
+    #[serde(rename = "type")]
+    pub service_type: ServiceType,
+    #[serde(default)]
+    pub start_time: u64,
+    #[serde(default)]
+    pub last_health_check: u64,
+    #[serde(default = "running")]
+    pub status: String,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The kernel's start time of `pid`; without it psm cannot vouch for the pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start_time: Option<u64>,
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Set when `pid` leads its own process group: stopping it stops the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<i32>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn running() -> String {
+    status::RUNNING.to_string()
+}
+
+/// The status strings psm writes. Others (written by other tools) are kept as is.
+pub mod status {
+    pub const RUNNING: &str = "running";
+    pub const STARTING: &str = "starting";
+    pub const BACKOFF: &str = "backoff";
+    pub const FAILED: &str = "failed";
+    pub const STOPPED: &str = "stopped";
+    /// Not stored: what psm shows for a record whose process is gone.
+    pub const DEAD: &str = "dead";
+}
+
+impl ServiceRecord {
+    /// A running service record for `identity`, stamped `now`.
+    pub fn new(scope: &Scope, script: impl Into<String>, identity: Identity, now: u64) -> Self {
+        ServiceRecord {
+            pid: Some(identity.pid),
+            script: script.into(),
+            service_type: scope.service_type(),
+            start_time: now,
+            last_health_check: now,
+            status: running(),
+            metadata: Map::new(),
+            project_path: match scope {
+                Scope::Project(p) => Some(p.clone()),
+                _ => None,
+            },
+            session_id: match scope {
+                Scope::Session(s) => Some(s.clone()),
+                _ => None,
+            },
+            pid_start_time: Some(identity.start_time),
+            restart_count: 0,
+            pgid: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The recorded identity, if the record has both pid and start time.
+    pub fn identity(&self) -> Option<Identity> {
+        Some(Identity {
+            pid: self.pid?,
+            start_time: self.pid_start_time?,
+        })
+    }
+
+    /// True only while the recorded process runs. A record without a start
+    /// time (written by the seed) cannot be vouched for and counts as dead:
+    /// unknown is never healthy.
+    pub fn is_alive(&self) -> bool {
+        self.identity().is_some_and(|id| id.is_alive())
+    }
+}
+
+/// A terminal session whose per-session services end with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    pub pid: i32,
+    #[serde(default)]
+    pub project_path: String,
+    #[serde(default)]
+    pub start_time: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start_time: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl SessionRecord {
+    pub fn identity(&self) -> Option<Identity> {
+        Some(Identity {
+            pid: self.pid,
+            start_time: self.pid_start_time?,
+        })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.identity().is_some_and(|id| id.is_alive())
+    }
+}
+
+impl Registry {
+    /// The services of one scope, if any exist.
+    pub fn scope(&self, scope: &Scope) -> Option<&BTreeMap<String, ServiceRecord>> {
+        match scope {
+            Scope::Global => Some(&self.services.global),
+            Scope::Project(p) => self.services.projects.get(p),
+            Scope::Session(s) => self.services.sessions.get(s),
+        }
+    }
+
+    fn scope_mut(&mut self, scope: &Scope) -> &mut BTreeMap<String, ServiceRecord> {
+        match scope {
+            Scope::Global => &mut self.services.global,
+            Scope::Project(p) => self.services.projects.entry(p.clone()).or_default(),
+            Scope::Session(s) => self.services.sessions.entry(s.clone()).or_default(),
+        }
+    }
+
+    pub fn get(&self, key: &ServiceKey) -> Option<&ServiceRecord> {
+        self.scope(&key.scope)?.get(&key.name)
+    }
+
+    pub fn get_mut(&mut self, key: &ServiceKey) -> Option<&mut ServiceRecord> {
+        match &key.scope {
+            Scope::Global => self.services.global.get_mut(&key.name),
+            Scope::Project(p) => self.services.projects.get_mut(p)?.get_mut(&key.name),
+            Scope::Session(s) => self.services.sessions.get_mut(s)?.get_mut(&key.name),
+        }
+    }
+
+    /// Inserts or replaces a record.
+    pub fn insert(&mut self, key: &ServiceKey, record: ServiceRecord) {
+        self.scope_mut(&key.scope).insert(key.name.clone(), record);
+    }
+
+    /// Removes a record, dropping its project/session map once empty.
+    pub fn remove(&mut self, key: &ServiceKey) -> Option<ServiceRecord> {
+        let (map, owner) = match &key.scope {
+            Scope::Global => return self.services.global.remove(&key.name),
+            Scope::Project(p) => (&mut self.services.projects, p),
+            Scope::Session(s) => (&mut self.services.sessions, s),
+        };
+        let scoped = map.get_mut(owner)?;
+        let removed = scoped.remove(&key.name);
+        if scoped.is_empty() {
+            map.remove(owner);
+        }
+        removed
+    }
+
+    /// Every service with its key, global first, then projects, then sessions.
+    pub fn services(&self) -> impl Iterator<Item = (ServiceKey, &ServiceRecord)> {
+        let global = self
+            .services
+            .global
+            .iter()
+            .map(|(n, r)| (ServiceKey::global(n.clone()), r));
+        let projects = self.services.projects.iter().flat_map(|(p, m)| {
+            m.iter()
+                .map(move |(n, r)| (ServiceKey::new(n.clone(), Scope::Project(p.clone())), r))
+        });
+        let sessions = self.services.sessions.iter().flat_map(|(s, m)| {
+            m.iter()
+                .map(move |(n, r)| (ServiceKey::new(n.clone(), Scope::Session(s.clone())), r))
+        });
+        global.chain(projects).chain(sessions)
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.global.len()
+            + self
+                .services
+                .projects
+                .values()
+                .map(BTreeMap::len)
+                .sum::<usize>()
+            + self
+                .services
+                .sessions
+                .values()
+                .map(BTreeMap::len)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry example from the seed's specification, verbatim.
+    const SEED_EXAMPLE: &str = include_str!("../../tests/data/seed-registry.json");
+
+    #[test]
+    fn seed_example_loads_and_keeps_unknown_fields() {
+        let mut value: Value = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        value["futureField"] = Value::from("kept");
+        value["services"]["global"]["global-service-coordinator"]["color"] = Value::from("blue");
+        let reg: Registry = serde_json::from_value(value).unwrap();
+        assert_eq!(reg.service_count(), 2);
+        let coord = reg
+            .get(&ServiceKey::global("global-service-coordinator"))
+            .unwrap();
+        assert_eq!(coord.pid, Some(24834));
+        assert_eq!(coord.metadata["managedBy"], "watchdog");
+        let back = serde_json::to_value(&reg).unwrap();
+        assert_eq!(back["futureField"], "kept");
+        assert_eq!(
+            back["services"]["global"]["global-service-coordinator"]["color"],
+            "blue"
+        );
+        assert_eq!(
+            back["sessions"]["claude-12345-1234567890"]["projectPath"],
+            "/path/to/project"
+        );
+    }
+
+    #[test]
+    fn remove_prunes_empty_owner_maps() {
+        let mut reg = Registry::default();
+        let key = ServiceKey::new("t", Scope::Project("/p".into()));
+        let id = Identity {
+            pid: 10,
+            start_time: 1,
+        };
+        reg.insert(&key, ServiceRecord::new(&key.scope, "s", id, 0));
+        assert_eq!(reg.services().count(), 1);
+        assert!(reg.remove(&key).is_some());
+        assert!(reg.services.projects.is_empty());
+    }
+}

@@ -1,0 +1,192 @@
+//! Shared helpers for the black-box tests: a temp root, the real `psm`
+//! binary, `sh` children that record what happened to them, deadline waits,
+//! and a guard that kills every process group a test started.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PSM: &str = env!("CARGO_BIN_EXE_psm");
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; on timeout
+/// panics naming the condition and the last state `cond` reported.
+pub fn wait_until<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> Result<(), T>,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match cond() {
+            Ok(()) => return,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {limit:?} waiting for {what}; last seen: {last:?}")
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)), // wait_until's poll
+        }
+    }
+}
+
+/// Shorthand for a boolean condition.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    wait_until(limit, what, || if cond() { Ok(()) } else { Err("false") });
+}
+
+/// True while `pid` is a running, non-zombie process.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start()).unwrap_or("");
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Kills, on drop, every process group and pid it was told about, so a failing
+/// test leaves nothing running.
+#[derive(Default)]
+pub struct Reaper {
+    groups: Mutex<Vec<i32>>,
+    pids: Mutex<Vec<i32>>,
+}
+
+impl Reaper {
+    pub fn group(&self, pgid: i32) {
+        assert!(pgid > 1, "refusing to track pgid {pgid}");
+        self.groups.lock().unwrap().push(pgid);
+    }
+
+    pub fn pid(&self, pid: i32) {
+        assert!(pid > 1, "refusing to track pid {pid}");
+        self.pids.lock().unwrap().push(pid);
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for &g in self.groups.lock().unwrap().iter() {
+            unsafe { libc::kill(-g, libc::SIGKILL) };
+        }
+        for &p in self.pids.lock().unwrap().iter() {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A temp psm root with the binary pointed at it.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+    pub reaper: Reaper,
+}
+
+impl Root {
+    pub fn new() -> Self {
+        Root {
+            dir: tempfile::tempdir().expect("temp root"),
+            reaper: Reaper::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    pub fn registry_path(&self) -> PathBuf {
+        self.file(".live-process-registry.json")
+    }
+
+    /// `psm --root <root> args…`, with a clean environment for the root.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(PSM);
+        c.arg("--root")
+            .arg(self.path())
+            .env_remove("PSM_ROOT")
+            .env_remove("CODING_REPO")
+            .env_remove("PSM_SESSION_ID")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn psm(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run psm")
+    }
+
+    /// Runs psm and panics with its stderr unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.psm(args);
+        assert!(
+            out.status.success(),
+            "psm {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn registry(&self) -> Value {
+        let text = fs::read_to_string(self.registry_path()).unwrap_or_else(|_| "{}".into());
+        serde_json::from_str(&text).expect("registry parses")
+    }
+
+    pub fn registry_bytes(&self) -> Option<Vec<u8>> {
+        fs::read(self.registry_path()).ok()
+    }
+
+    /// Writes an executable `sh` script into the root and returns its path.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.file(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Starts a long-running process in its own group, tracked by the reaper.
+    pub fn sleeper(&self) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        self.reaper.group(child.id() as i32);
+        child
+    }
+
+    /// Reads a file the children write; empty if missing.
+    pub fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.file(name)).unwrap_or_default()
+    }
+
+    /// Reads a pid a child wrote to `name`, once it is there.
+    pub fn pid_from(&self, name: &str) -> i32 {
+        let mut pid = 0;
+        wait_until(Duration::from_secs(10), &format!("pid in {name}"), || {
+            match self.read(name).trim().parse::<i32>() {
+                Ok(p) => {
+                    pid = p;
+                    Ok(())
+                }
+                Err(_) => Err(self.read(name)),
+            }
+        });
+        pid
+    }
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
