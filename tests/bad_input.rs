@@ -9,7 +9,13 @@ use support::{stderr, Root};
 fn populated() -> (Root, std::process::Child) {
     let root = Root::new();
     let child = root.sleeper();
-    root.ok(&["register", "web", &child.id().to_string(), "global", "web.js"]);
+    root.ok(&[
+        "register",
+        "web",
+        &child.id().to_string(),
+        "global",
+        "web.js",
+    ]);
     (root, child)
 }
 
@@ -21,10 +27,21 @@ fn rejects(root: &Root, args: &[&str], code: i32, message: &str) {
     let out = root.psm(args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(code), "psm {args:?}: {err}");
-    assert_eq!(err.lines().count(), 1, "psm {args:?} must say one line, said: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "psm {args:?} must say one line, said: {err}"
+    );
     assert!(err.starts_with("psm: "), "{err}");
-    assert!(err.contains(message), "psm {args:?}: expected '{message}' in: {err}");
-    assert_eq!(text(root.registry_bytes()), before, "psm {args:?} changed the registry");
+    assert!(
+        err.contains(message),
+        "psm {args:?}: expected '{message}' in: {err}"
+    );
+    assert_eq!(
+        text(root.registry_bytes()),
+        before,
+        "psm {args:?} changed the registry"
+    );
 }
 
 /// Usage errors: bad names, types, pids, missing or bad owners, exit 2.
@@ -34,28 +51,117 @@ fn usage_errors_exit_2_and_change_nothing() {
     let pid = child.id().to_string();
     let dir = root.path().display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["register", "x", &pid, "bogus", "s"], "unknown type 'bogus'"),
-        (vec!["register", "a b", &pid, "global", "s"], "invalid service name 'a b'"),
-        (vec!["register", "a/b", &pid, "global", "s"], "invalid service name"),
-        (vec!["register", ".hidden", &pid, "global", "s"], "invalid service name"),
+        (
+            vec!["register", "x", &pid, "bogus", "s"],
+            "unknown type 'bogus'",
+        ),
+        (
+            vec!["register", "a b", &pid, "global", "s"],
+            "invalid service name 'a b'",
+        ),
+        (
+            vec!["register", "a/b", &pid, "global", "s"],
+            "invalid service name",
+        ),
+        (
+            vec!["register", ".hidden", &pid, "global", "s"],
+            "invalid service name",
+        ),
         (vec!["register", "x", "0", "global", "s"], "invalid pid '0'"),
         (vec!["register", "x", "1", "global", "s"], "invalid pid '1'"),
-        (vec!["register", "x", "-1", "global", "s"], "invalid pid '-1'"),
-        (vec!["register", "x", "abc", "global", "s"], "invalid pid 'abc'"),
-        (vec!["register", "x", &pid, "per-project", "s"], "needs --project"),
-        (vec!["register", "x", &pid, "per-project", "s", "--project", "rel/dir"], "not absolute"),
-        (vec!["register", "x", &pid, "per-project", "s", "--project", "/no/such/psm-dir"], "does not exist"),
-        (vec!["register", "x", &pid, "per-session", "s"], "needs --session"),
-        (vec!["register", "x", &pid, "per-session", "s", "--session", "bad id"], "invalid session id"),
-        (vec!["register", "x", &pid, "global", "s", "--meta", "novalue"], "invalid metadata"),
-        (vec!["register", "x", &pid], "required arguments were not provided"),
+        (
+            vec!["register", "x", "-1", "global", "s"],
+            "invalid pid '-1'",
+        ),
+        (
+            vec!["register", "x", "abc", "global", "s"],
+            "invalid pid 'abc'",
+        ),
+        (
+            vec!["register", "x", &pid, "per-project", "s"],
+            "needs --project",
+        ),
+        (
+            vec![
+                "register",
+                "x",
+                &pid,
+                "per-project",
+                "s",
+                "--project",
+                "rel/dir",
+            ],
+            "not absolute",
+        ),
+        (
+            vec![
+                "register",
+                "x",
+                &pid,
+                "per-project",
+                "s",
+                "--project",
+                "/no/such/psm-dir",
+            ],
+            "does not exist",
+        ),
+        (
+            vec!["register", "x", &pid, "per-session", "s"],
+            "needs --session",
+        ),
+        (
+            vec![
+                "register",
+                "x",
+                &pid,
+                "per-session",
+                "s",
+                "--session",
+                "bad id",
+            ],
+            "invalid session id",
+        ),
+        (
+            vec!["register", "x", &pid, "global", "s", "--meta", "novalue"],
+            "invalid metadata",
+        ),
+        (
+            vec!["register", "x", &pid],
+            "required arguments were not provided",
+        ),
         (vec!["frobnicate"], "unrecognized subcommand"),
-        (vec!["get", "web", "global", "--bogus-flag"], "unexpected argument"),
-        (vec!["session", "register", "s", "1", &dir], "invalid pid '1'"),
-        (vec!["session", "register", "bad/id", &pid, &dir], "invalid session id"),
-        (vec!["session", "register", "s", &pid, "relative"], "not absolute"),
-        (vec!["session", "spawn", "x", "--session", "s"], "required arguments were not provided"),
-        (vec!["session", "spawn", "bad name", "--session", "s", "--", "true"], "invalid service name"),
+        (
+            vec!["get", "web", "global", "--bogus-flag"],
+            "unexpected argument",
+        ),
+        (
+            vec!["session", "register", "s", "1", &dir],
+            "invalid pid '1'",
+        ),
+        (
+            vec!["session", "register", "bad/id", &pid, &dir],
+            "invalid session id",
+        ),
+        (
+            vec!["session", "register", "s", &pid, "relative"],
+            "not absolute",
+        ),
+        (
+            vec!["session", "spawn", "x", "--session", "s"],
+            "required arguments were not provided",
+        ),
+        (
+            vec![
+                "session",
+                "spawn",
+                "bad name",
+                "--session",
+                "s",
+                "--",
+                "true",
+            ],
+            "invalid service name",
+        ),
     ];
     for (args, message) in cases {
         rejects(&root, &args, 2, message);
@@ -70,15 +176,43 @@ fn failures_exit_1_and_change_nothing() {
     let dead_pid = dead.id().to_string();
     dead.wait().unwrap();
     let dir = root.path().display().to_string();
-    rejects(&root, &["register", "x", &dead_pid, "global", "s"], 1, "is not a running process");
-    rejects(&root, &["unregister", "nope", "global"], 1, "nope (global) is not registered");
-    rejects(&root, &["get", "nope", "global"], 1, "not registered");
-    rejects(&root, &["refresh", "nope", "global"], 1, "not registered");
-    rejects(&root, &["session", "register", "s", &dead_pid, &dir], 1, "is not a running process");
-    rejects(&root, &["session", "cleanup", "nosuch"], 1, "session nosuch is not registered");
     rejects(
         &root,
-        &["session", "spawn", "x", "--session", "s", "--", "/no/such/program"],
+        &["register", "x", &dead_pid, "global", "s"],
+        1,
+        "is not a running process",
+    );
+    rejects(
+        &root,
+        &["unregister", "nope", "global"],
+        1,
+        "nope (global) is not registered",
+    );
+    rejects(&root, &["get", "nope", "global"], 1, "not registered");
+    rejects(&root, &["refresh", "nope", "global"], 1, "not registered");
+    rejects(
+        &root,
+        &["session", "register", "s", &dead_pid, &dir],
+        1,
+        "is not a running process",
+    );
+    rejects(
+        &root,
+        &["session", "cleanup", "nosuch"],
+        1,
+        "session nosuch is not registered",
+    );
+    rejects(
+        &root,
+        &[
+            "session",
+            "spawn",
+            "x",
+            "--session",
+            "s",
+            "--",
+            "/no/such/program",
+        ],
         1,
         "cannot start '/no/such/program'",
     );
@@ -103,7 +237,10 @@ fn bad_roots_are_named() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(message), "{err}");
     }
-    assert!(!root.file("missing").exists(), "a missing root must not be created");
+    assert!(
+        !root.file("missing").exists(),
+        "a missing root must not be created"
+    );
 }
 
 /// A corrupt registry is never treated as empty: reads and writes fail naming
@@ -116,8 +253,18 @@ fn corrupt_registry_is_kept_and_reported() {
     std::fs::write(root.registry_path(), garbage).unwrap();
     let pid = child.id().to_string();
     rejects(&root, &["status"], 1, "is corrupt");
-    rejects(&root, &["register", "x", &pid, "global", "s"], 1, "a copy was kept at");
-    rejects(&root, &["cleanup"], 1, ".live-process-registry.json is corrupt (EOF while parsing");
+    rejects(
+        &root,
+        &["register", "x", &pid, "global", "s"],
+        1,
+        "a copy was kept at",
+    );
+    rejects(
+        &root,
+        &["cleanup"],
+        1,
+        ".live-process-registry.json is corrupt (EOF while parsing",
+    );
     assert_eq!(root.registry_bytes().unwrap(), garbage);
     let copies: Vec<_> = std::fs::read_dir(root.path())
         .unwrap()

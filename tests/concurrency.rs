@@ -62,7 +62,10 @@ fn thirty_two_writers_lose_nothing() {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % bound
     }
 }
@@ -76,7 +79,10 @@ fn writers_killed_at_random_never_corrupt_or_lose_completed_writes() {
     let pid = child.id().to_string();
     // A larger file makes each save take longer, so kills land mid-write.
     register_concurrently(&root, child.id(), 4, 50);
-    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     eprintln!("seed {seed}");
     let mut rng = Lcg(seed);
     let mut completed: Vec<String> = Vec::new();
@@ -114,7 +120,10 @@ fn writers_killed_at_random_never_corrupt_or_lose_completed_writes() {
         // Parses after every round (Root::registry panics otherwise).
         let names = global_names(&root);
         for name in &completed {
-            assert!(names.contains(name), "completed write {name} lost (seed {seed})");
+            assert!(
+                names.contains(name),
+                "completed write {name} lost (seed {seed})"
+            );
         }
     }
     assert!(killed > 0, "no writer was ever killed (seed {seed})");

@@ -54,10 +54,15 @@ fn session_run(root: &Root, script: &std::path::Path) -> Command {
 }
 
 fn service_pids(root: &Root) -> Vec<i32> {
-    let pids: Vec<i32> = ["alpha.pid", "alpha.grandchild", "beta.pid", "beta.grandchild"]
-        .iter()
-        .map(|f| root.pid_from(f))
-        .collect();
+    let pids: Vec<i32> = [
+        "alpha.pid",
+        "alpha.grandchild",
+        "beta.pid",
+        "beta.grandchild",
+    ]
+    .iter()
+    .map(|f| root.pid_from(f))
+    .collect();
     for &p in &pids {
         root.reaper.group(p);
     }
@@ -72,14 +77,21 @@ fn session_run_cleans_up_when_the_command_exits() {
     let root = Root::new();
     let script = session_command(&root, "exit 7");
     let status = session_run(&root, &script).status().unwrap();
-    assert_eq!(status.code(), Some(7), "wrapper must exit with the command's status");
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "wrapper must exit with the command's status"
+    );
     let pids = service_pids(&root);
     for pid in pids {
         assert!(!alive(pid), "pid {pid} survived its session");
     }
     let reg = root.registry();
     assert!(reg["sessions"].as_object().unwrap().is_empty(), "{reg}");
-    assert!(reg["services"]["sessions"].as_object().unwrap().is_empty(), "{reg}");
+    assert!(
+        reg["services"]["sessions"].as_object().unwrap().is_empty(),
+        "{reg}"
+    );
 }
 
 /// A wrapper killed with SIGKILL cannot clean up; `psm cleanup` afterwards
@@ -104,9 +116,19 @@ fn session_killed_with_sigkill_is_cleaned_by_cleanup() {
     let out = root.ok(&["cleanup", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["sessions"][0]["session"], id.as_str());
-    assert_eq!(report["sessions"][0]["terminated"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(
+        report["sessions"][0]["terminated"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{report}"
+    );
     for pid in pids {
-        assert!(!alive(pid), "pid {pid} survived cleanup of its dead session");
+        assert!(
+            !alive(pid),
+            "pid {pid} survived cleanup of its dead session"
+        );
     }
     let reg = root.registry();
     assert!(reg["sessions"].get(&id).is_none());
@@ -120,7 +142,17 @@ fn session_spawn_records_a_detached_group_leader() {
     let root = Root::new();
     let out = root
         .cmd()
-        .args(["session", "spawn", "echoer", "--session", "s1", "--", "sh", "-c", "echo hello; exec sleep 1000"])
+        .args([
+            "session",
+            "spawn",
+            "echoer",
+            "--session",
+            "s1",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; exec sleep 1000",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", support::stderr(&out));
@@ -131,7 +163,12 @@ fn session_spawn_records_a_detached_group_leader() {
     assert_eq!(record["pgid"], pid);
     assert_eq!(record["type"], "per-session");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     assert_eq!(fields[3], pid.to_string(), "own session (sid == pid)");
     wait_for(Duration::from_secs(5), "output in the session log", || {
         root.read(".logs/s1.echoer.log").contains("hello")

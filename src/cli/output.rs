@@ -1,6 +1,7 @@
 //! What the CLI prints: compact tables for people, JSON for programs.
 
 use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use serde::Serialize;
@@ -8,12 +9,20 @@ use serde::Serialize;
 use crate::registry::HealthStatus;
 use crate::time::{short_duration, since_millis};
 
+/// Prints JSON: indented for a person at a terminal, compact (one line, a
+/// third smaller) for the programs that read it through a pipe.
 pub fn print_json<T: Serialize>(value: &T) {
+    let mut out = std::io::stdout().lock();
     // Serializing psm's own types cannot fail: no maps with non-string keys.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("serializable")
-    );
+    let mut bytes = if out.is_terminal() {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    }
+    .expect("serializable");
+    bytes.push(b'\n');
+    // A closed pipe (`psm status --json | head`) is not psm's failure.
+    let _ = out.write_all(&bytes);
 }
 
 /// Renders rows as left-aligned columns separated by two spaces.

@@ -54,8 +54,14 @@ pub fn signallable(pid: i32) -> bool {
 #[cfg(target_os = "linux")]
 impl ProcInfo {
     pub fn read(pid: i32) -> Option<ProcInfo> {
-        let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-        parse_stat(&stat)
+        use std::io::Read;
+        // One read into a stack buffer: `fs::read` would stat the file (size 0
+        // in /proc) and grow its buffer over several reads. A stat line is a
+        // few hundred bytes; `status` does this once per record, so it counts.
+        let mut buf = [0u8; 1024];
+        let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        let n = file.read(&mut buf).ok()?;
+        parse_stat(&buf[..n])
     }
 }
 

@@ -252,7 +252,8 @@ impl StateManager {
         // spawning is stopped on a later sweep).
         for round in 0..3 {
             let registry = self.store.read()?;
-            if round == 0 && !registry.sessions.contains_key(id) && registry.scope(&scope).is_none() {
+            if round == 0 && !registry.sessions.contains_key(id) && registry.scope(&scope).is_none()
+            {
                 return Err(ManagerError::SessionNotFound(id.to_string()));
             }
             let services: Vec<(String, ServiceRecord)> = registry

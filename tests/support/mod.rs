@@ -44,7 +44,10 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start()).unwrap_or("");
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
             !state.starts_with('Z') && !state.starts_with('X')
         }
         Err(_) => false,
@@ -173,15 +176,17 @@ impl Root {
     /// Reads a pid a child wrote to `name`, once it is there.
     pub fn pid_from(&self, name: &str) -> i32 {
         let mut pid = 0;
-        wait_until(Duration::from_secs(10), &format!("pid in {name}"), || {
-            match self.read(name).trim().parse::<i32>() {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("pid in {name}"),
+            || match self.read(name).trim().parse::<i32>() {
                 Ok(p) => {
                     pid = p;
                     Ok(())
                 }
                 Err(_) => Err(self.read(name)),
-            }
-        });
+            },
+        );
         pid
     }
 }
