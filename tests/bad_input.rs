@@ -6,7 +6,7 @@ mod support;
 use support::{stderr, Root};
 
 /// A root holding one record, so "unchanged" is a real comparison.
-fn populated() -> (Root, std::process::Child) {
+fn populated() -> (Root, support::Sleeper) {
     let root = Root::new();
     let child = root.sleeper();
     root.ok(&[

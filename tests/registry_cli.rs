@@ -188,8 +188,7 @@ fn cleanup_removes_only_dead_records_and_keeps_unknown_fields() {
     reg["topLevelExtra"] = serde_json::json!({"kept": true});
     std::fs::write(root.registry_path(), serde_json::to_vec(&reg).unwrap()).unwrap();
 
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
+    doomed.stop();
     let table = root.ok(&["status"]);
     let doomed_line = table.lines().find(|l| l.starts_with("doomed")).unwrap();
     assert!(doomed_line.contains("dead"), "{table}");

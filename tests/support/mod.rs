@@ -85,6 +85,27 @@ impl Drop for Reaper {
     }
 }
 
+/// A `sleep 1000` child standing in for a service.
+pub struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills and reaps it, so its pid is truly dead.
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A temp psm root with the binary pointed at it.
 pub struct Root {
     pub dir: tempfile::TempDir,
@@ -156,16 +177,15 @@ impl Root {
         path
     }
 
-    /// Starts a long-running process in its own group, tracked by the reaper.
-    pub fn sleeper(&self) -> std::process::Child {
+    /// Starts a long-running process in its own group; killed and reaped on drop.
+    pub fn sleeper(&self) -> Sleeper {
         use std::os::unix::process::CommandExt;
         let child = Command::new("sleep")
             .arg("1000")
             .process_group(0)
             .spawn()
             .expect("spawn sleep");
-        self.reaper.group(child.id() as i32);
-        child
+        Sleeper(child)
     }
 
     /// Reads a file the children write; empty if missing.
