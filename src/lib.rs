@@ -8,6 +8,8 @@
 //!   through it, under one `flock`.
 //! - [`process`]: process identity (pid + kernel start time), signals that
 //!   never hit a process whose identity does not match, detached spawning.
+//! - [`logs`]: service logs — copy-truncate rotation (services hold their
+//!   log open with `O_APPEND`), `tail`, and `tail -F`-style following.
 //! - [`cli`]: the `psm` command line; `main.rs` only parses and calls it.
 //! - [`input`], [`paths`], [`time`]: validation of user input, every path
 //!   under a root, and the registry's millisecond clock.
@@ -15,10 +17,12 @@
 //! # Files on disk (under the root)
 //! - `.live-process-registry.json`: the registry (mode 0600).
 //! - `.live-process-registry.json.lock`: the file psm `flock`s; never stale.
-//! - `.logs/`: service logs (`<session>.<name>.log` for session services).
+//! - `.logs/`: service logs (`<session>.<name>.log` for session services),
+//!   rotated copies beside them as `<name>.log.1` (newest) … `.log.<keep>`.
 
 pub mod cli;
 pub mod input;
+pub mod logs;
 pub mod paths;
 pub mod process;
 pub mod registry;

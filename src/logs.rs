@@ -1,0 +1,588 @@
+//! Service logs: size-based rotation, `tail`, and `tail -F`-style following.
+//!
+//! Services write their stdout and stderr straight into `<root>/.logs/<label>.log`
+//! through an `O_APPEND` fd they inherited at spawn (see
+//! [`crate::process::spawn::open_log`]); no pipe runs through psm, so they
+//! outlive it. That decides how rotation works:
+//!
+//! - Rename-based rotation would not work: the service keeps writing to the
+//!   renamed inode, and psm has no way to make it reopen its log.
+//! - So rotation is **copy-truncate** (logrotate's `copytruncate`): copy the
+//!   log to `<path>.1`, then truncate it in place. Because every write of the
+//!   service's fd is `O_APPEND`, its next write lands at the new end of file,
+//!   offset 0, rather than at its old offset (which would leave a hole of
+//!   zeros the size of the old log).
+//! - The price is a small window: bytes written after the copy reached end of
+//!   file and before the truncation are lost. Logs tolerate that; services
+//!   must not rely on their log for anything else.
+//!
+//! Old copies are `<path>.1` (newest) … `<path>.<keep>` (oldest), mode 0600.
+//! Everything here is blocking `std` I/O; async callers run it on a blocking
+//! thread (`spawn_blocking`), it never takes long but may touch the disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+/// How much `tail` and `follow` read per system call.
+const BLOCK: usize = 64 * 1024;
+
+/// How often `follow` looks at the file (and at `stop`).
+const POLL: Duration = Duration::from_millis(100);
+
+/// `<path>.<n>`: the name of the `n`-th most recent rotated copy.
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Removes a file that may not exist; true if there was one.
+fn remove_if_exists(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Rotates `path` if it is larger than `max_size` bytes: shifts `path.(keep-1)`
+/// → `path.keep` … `path.1` → `path.2` (dropping the oldest beyond `keep`),
+/// copies `path` to `path.1` (mode 0600), then truncates `path` to 0. Returns
+/// `Ok(true)` if it rotated. `keep == 0` means truncate without keeping a copy.
+/// A missing file is `Ok(false)`.
+pub fn rotate_if_needed(path: &Path, max_size: u64, keep: u32) -> io::Result<bool> {
+    let len = match fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max_size {
+        return Ok(false);
+    }
+
+    // Copies beyond `keep` are left over from a larger `keep` in an earlier
+    // config; without this they would never be removed. Copies are numbered
+    // without gaps, so the first missing one ends the sweep.
+    let mut stale = keep.saturating_add(1);
+    while stale < u32::MAX && remove_if_exists(&rotated(path, stale))? {
+        stale += 1;
+    }
+
+    if keep > 0 {
+        // Oldest first, so each rename lands on a name already moved away;
+        // `path.(keep-1)` → `path.keep` replaces (drops) the oldest copy.
+        for n in (1..keep).rev() {
+            match fs::rename(rotated(path, n), rotated(path, n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        copy_private(path, &rotated(path, 1))?;
+    }
+
+    // Truncate through a fresh fd rather than replacing the file: the service
+    // holds the inode open and must keep writing into the file we follow.
+    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
+}
+
+/// Copies `from` to `to` (created or replaced, mode 0600) and syncs the copy,
+/// so the truncation that follows can never lose data a crash would have
+/// kept.
+fn copy_private(from: &Path, to: &Path) -> io::Result<()> {
+    let mut src = File::open(from)?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)?;
+    // `mode` only applies on creation; with keep == 1 `to` may be an older
+    // copy with other permissions.
+    dst.set_permissions(fs::Permissions::from_mode(0o600))?;
+    // Copies to end of file as it is while copying, so lines the service
+    // appends during the copy are kept too.
+    io::copy(&mut src, &mut dst)?;
+    dst.sync_data()
+}
+
+/// The last `n` lines of the file (without reading the whole file when it is
+/// large: read backwards in blocks). Missing file → `io::ErrorKind::NotFound`.
+///
+/// Lines are returned without their `\n`; a last line without one is a line
+/// too. Invalid UTF-8 is replaced with U+FFFD rather than failing: a service
+/// may write anything to its log.
+pub fn tail(path: &Path, n: usize) -> io::Result<Vec<String>> {
+    let file = File::open(path)?;
+    let (bytes, _) = tail_bytes(&file, n)?;
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    Ok(body
+        .split(|&b| b == b'\n')
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect())
+}
+
+/// The raw bytes of the last `n` lines of `file` (with their newlines, exactly
+/// as on disk) and the offset where they end, so `follow` can continue from
+/// there without missing or repeating a byte.
+fn tail_bytes(file: &File, n: usize) -> io::Result<(Vec<u8>, u64)> {
+    let end = file.metadata()?.len();
+    if n == 0 {
+        return Ok((Vec::new(), end));
+    }
+    // Blocks read so far, last block first, and the newlines they hold.
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0usize;
+    let mut start = end;
+    let mut ends_with_newline = false;
+    // n complete lines need n newlines before them plus, if the file ends
+    // with one, that final newline, which ends a line rather than starting one.
+    while start > 0 && newlines < n + usize::from(ends_with_newline) {
+        let size = (start.min(BLOCK as u64)) as usize;
+        start -= size as u64;
+        let mut block = vec![0; size];
+        read_exact_at(file, &mut block, start)?;
+        if blocks.is_empty() {
+            ends_with_newline = block.last() == Some(&b'\n');
+        }
+        newlines += block.iter().filter(|&&b| b == b'\n').count();
+        blocks.push(block);
+    }
+    let mut bytes: Vec<u8> = blocks.into_iter().rev().flatten().collect();
+
+    // Drop everything before the newline that precedes the n-th last line.
+    let body_len = bytes.len() - usize::from(ends_with_newline);
+    let mut seen = 0;
+    if let Some(cut) = bytes[..body_len].iter().rposition(|&b| {
+        seen += usize::from(b == b'\n');
+        seen == n
+    }) {
+        bytes.drain(..=cut);
+    }
+    Ok((bytes, end))
+}
+
+/// `read_exact_at`, except that a file that shrank under us (a rotation while
+/// we read) reads as zeros instead of failing: the caller only wants a
+/// best-effort view of a log that is being written.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                return Ok(());
+            }
+            Ok(k) => done += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Prints the last `n` lines then follows the file like `tail -F`: polls every
+/// 100 ms (no extra crate), prints appended data, and when the file shrinks
+/// (copy-truncate rotation) starts again from offset 0. Writes to `out`;
+/// returns when `stop()` returns true (checked every poll) or on a write error
+/// (e.g. broken pipe → `Ok(())`).
+///
+/// - A missing file at the start is `io::ErrorKind::NotFound`, as for [`tail`].
+/// - Like `tail -F`, it follows the *name*: if the file is deleted it waits for
+///   it to reappear, and if a different file takes the name it drains the old
+///   one and reads the new one from its start.
+/// - A broken pipe means the reader went away (`psm logs -f | head`): that is
+///   a normal end, `Ok(())`. Any other write error is returned.
+/// - Data is copied byte for byte, partial lines included, so the output is
+///   exactly what the service wrote.
+/// - Known limit of polling: if the file is truncated and then grows back past
+///   the old offset within one poll, the truncation goes unnoticed and that
+///   many bytes of the new content are skipped.
+pub fn follow(
+    path: &Path,
+    n: usize,
+    out: &mut dyn Write,
+    stop: &dyn Fn() -> bool,
+) -> io::Result<()> {
+    let mut file = File::open(path)?;
+    let (initial, mut offset) = tail_bytes(&file, n)?;
+    if !emit(out, &initial)? {
+        return Ok(());
+    }
+    let mut id = file_id(&file.metadata()?);
+
+    while !stop() {
+        let current = match fs::metadata(path) {
+            Ok(meta) => Some(meta),
+            // Deleted (or mid-replace): keep the old fd and wait for the name.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(meta) = current.filter(|m| file_id(m) != id) {
+            // Another file took the name: finish the old one first, as
+            // `tail -F` does, so nothing written before the switch is lost.
+            if !copy_from(&file, &mut offset, out)? {
+                return Ok(());
+            }
+            match File::open(path) {
+                Ok(new) => {
+                    file = new;
+                    id = file_id(&meta);
+                    offset = 0;
+                }
+                // Gone again between stat and open; retry on the next poll.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Our fd, not the name: stays right while the file is deleted.
+        if file.metadata()?.len() < offset {
+            // Copy-truncate rotation: the service now writes from offset 0.
+            offset = 0;
+        }
+        if !copy_from(&file, &mut offset, out)? {
+            return Ok(());
+        }
+        thread::sleep(POLL);
+    }
+    Ok(())
+}
+
+/// Identity of a file, to notice that another file took the name.
+fn file_id(meta: &fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+/// Writes everything from `*offset` to end of file to `out`, advancing
+/// `offset`. False if the reader went away.
+fn copy_from(file: &File, offset: &mut u64, out: &mut dyn Write) -> io::Result<bool> {
+    let mut buf = vec![0; BLOCK];
+    loop {
+        let k = match file.read_at(&mut buf, *offset) {
+            Ok(0) => return Ok(true),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        *offset += k as u64;
+        if !emit(out, &buf[..k])? {
+            return Ok(false);
+        }
+    }
+}
+
+/// Writes and flushes (a follower is read live); false on a broken pipe.
+fn emit(out: &mut dyn Write, bytes: &[u8]) -> io::Result<bool> {
+    if bytes.is_empty() {
+        return Ok(true);
+    }
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::open_log;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    /// Polls `cond` every 20 ms until it holds or 5 s pass; on timeout panics
+    /// naming the condition and the last state it reported.
+    fn wait_until<T: std::fmt::Debug>(what: &str, mut cond: impl FnMut() -> Result<(), T>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match cond() {
+                Ok(()) => return,
+                Err(last) if Instant::now() >= deadline => {
+                    panic!("timed out waiting for {what}; last seen: {last:?}")
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)), // wait_until's poll
+            }
+        }
+    }
+
+    fn log_in(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("web.log")
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap()
+    }
+
+    /// A shared buffer `follow` writes into while the test reads it.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    /// Runs `follow` on a thread; stops and joins it on drop.
+    struct Follower {
+        sink: Sink,
+        stop: Arc<AtomicBool>,
+        handle: Option<thread::JoinHandle<io::Result<()>>>,
+    }
+
+    impl Follower {
+        fn start(path: &Path, n: usize) -> Self {
+            let sink = Sink::default();
+            let stop = Arc::new(AtomicBool::new(false));
+            let (path, mut out, flag) = (path.to_owned(), sink.clone(), stop.clone());
+            let handle =
+                thread::spawn(move || follow(&path, n, &mut out, &|| flag.load(Ordering::SeqCst)));
+            Follower {
+                sink,
+                stop,
+                handle: Some(handle),
+            }
+        }
+
+        fn wait_for_output(&self, what: &str, expected: &str) {
+            wait_until(what, || {
+                let text = self.sink.text();
+                if text == expected {
+                    Ok(())
+                } else {
+                    Err(text)
+                }
+            });
+        }
+
+        fn finish(mut self) -> io::Result<()> {
+            self.stop.store(true, Ordering::SeqCst);
+            self.handle.take().unwrap().join().unwrap()
+        }
+    }
+
+    impl Drop for Follower {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(handle) = self.handle.take() {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    /// A file at or below the threshold, or a missing one, is left alone.
+    #[test]
+    fn no_rotation_at_or_below_threshold_or_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        assert!(!rotate_if_needed(&log, 10, 3).unwrap());
+        fs::write(&log, "0123456789").unwrap();
+        assert!(!rotate_if_needed(&log, 10, 3).unwrap());
+        assert_eq!(read(&log), "0123456789");
+        assert!(!rotated(&log, 1).exists());
+    }
+
+    /// Above the threshold the log is copied to `.1` (mode 0600) and emptied.
+    #[test]
+    fn rotation_copies_then_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        fs::write(&log, "0123456789a").unwrap();
+        assert!(rotate_if_needed(&log, 10, 3).unwrap());
+        assert_eq!(read(&log), "");
+        let copy = rotated(&log, 1);
+        assert_eq!(read(&copy), "0123456789a");
+        assert_eq!(copy.file_name().unwrap(), "web.log.1");
+        assert_eq!(fs::metadata(&copy).unwrap().mode() & 0o777, 0o600);
+    }
+
+    /// keep = 3 retains exactly the 3 newest copies, newest in `.1`.
+    #[test]
+    fn keep_three_retains_three_newest_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        for generation in 1..=5 {
+            fs::write(&log, format!("generation {generation}\n")).unwrap();
+            assert!(rotate_if_needed(&log, 1, 3).unwrap());
+        }
+        assert_eq!(read(&rotated(&log, 1)), "generation 5\n");
+        assert_eq!(read(&rotated(&log, 2)), "generation 4\n");
+        assert_eq!(read(&rotated(&log, 3)), "generation 3\n");
+        assert!(!rotated(&log, 4).exists());
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 4, "the log and exactly three copies");
+    }
+
+    /// Lowering `keep` removes the copies beyond it; keep = 0 keeps none.
+    #[test]
+    fn lower_keep_drops_stale_copies_and_zero_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        for generation in 1..=4 {
+            fs::write(&log, format!("generation {generation}\n")).unwrap();
+            rotate_if_needed(&log, 1, 4).unwrap();
+        }
+        fs::write(&log, "generation 5\n").unwrap();
+        assert!(rotate_if_needed(&log, 1, 2).unwrap());
+        assert_eq!(read(&rotated(&log, 1)), "generation 5\n");
+        assert_eq!(read(&rotated(&log, 2)), "generation 4\n");
+        assert!(!rotated(&log, 3).exists());
+        assert!(!rotated(&log, 4).exists());
+
+        fs::write(&log, "generation 6\n").unwrap();
+        assert!(rotate_if_needed(&log, 1, 0).unwrap());
+        assert_eq!(read(&log), "");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A service's O_APPEND fd, opened before rotation, writes at the start of
+    /// the truncated file afterwards: no hole, nothing lost from the copy.
+    #[test]
+    fn append_fd_writes_at_start_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        let mut service = open_log(&log).unwrap();
+        service.write_all(&[b'x'; 200]).unwrap();
+        assert!(rotate_if_needed(&log, 100, 1).unwrap());
+        service.write_all(b"after rotation\n").unwrap();
+        assert_eq!(read(&log), "after rotation\n");
+        assert_eq!(fs::read(rotated(&log, 1)).unwrap(), vec![b'x'; 200]);
+    }
+
+    /// Fewer lines than asked returns them all; more returns the last n.
+    #[test]
+    fn tail_fewer_and_more_lines_than_n() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        fs::write(&log, "a\nb\nc\n").unwrap();
+        assert_eq!(tail(&log, 10).unwrap(), ["a", "b", "c"]);
+        assert_eq!(tail(&log, 2).unwrap(), ["b", "c"]);
+        assert_eq!(tail(&log, 0).unwrap(), Vec::<String>::new());
+    }
+
+    /// A last line without a newline counts as a line; empty lines are kept.
+    #[test]
+    fn tail_without_trailing_newline_and_empty_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        fs::write(&log, "a\n\nb\nc").unwrap();
+        assert_eq!(tail(&log, 2).unwrap(), ["b", "c"]);
+        assert_eq!(tail(&log, 3).unwrap(), ["", "b", "c"]);
+        fs::write(&log, "").unwrap();
+        assert_eq!(tail(&log, 3).unwrap(), Vec::<String>::new());
+        fs::write(&log, "\n").unwrap();
+        assert_eq!(tail(&log, 3).unwrap(), [""]);
+    }
+
+    /// A missing file is NotFound, for tail and follow alike.
+    #[test]
+    fn missing_file_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        assert_eq!(tail(&log, 5).unwrap_err().kind(), io::ErrorKind::NotFound);
+        let err = follow(&log, 5, &mut io::sink(), &|| true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// On a 1 MB+ file the last lines are found across block boundaries.
+    #[test]
+    fn tail_of_large_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        let text: String = (0..100_000).map(|i| format!("line {i:06}\n")).collect();
+        assert!(text.len() > 1_000_000);
+        fs::write(&log, &text).unwrap();
+        let expected: Vec<String> = (99_995..100_000).map(|i| format!("line {i:06}")).collect();
+        assert_eq!(tail(&log, 5).unwrap(), expected);
+        // A line longer than a block is returned whole.
+        let long = "y".repeat(3 * BLOCK);
+        fs::write(&log, format!("short\n{long}\nend")).unwrap();
+        assert_eq!(tail(&log, 2).unwrap(), [long.as_str(), "end"]);
+    }
+
+    /// Follow prints the last n lines, then what is appended, then what is
+    /// written after a copy-truncate rotation; it ends when told to stop.
+    #[test]
+    fn follow_appends_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        let mut service = open_log(&log).unwrap();
+        service.write_all(b"old 1\nold 2\nold 3\n").unwrap();
+
+        let follower = Follower::start(&log, 2);
+        follower.wait_for_output("the last 2 lines", "old 2\nold 3\n");
+
+        service.write_all(b"new 1\npart").unwrap();
+        follower.wait_for_output("appended data", "old 2\nold 3\nnew 1\npart");
+
+        assert!(rotate_if_needed(&log, 1, 1).unwrap());
+        service.write_all(b"ial\n").unwrap();
+        follower.wait_for_output(
+            "data after the truncation",
+            "old 2\nold 3\nnew 1\npartial\n",
+        );
+        follower.finish().unwrap();
+    }
+
+    /// Follow reads a file that replaced the name from its start, after
+    /// draining the old one (rename-style rotation by someone else).
+    #[test]
+    fn follow_switches_to_a_replaced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        fs::write(&log, "first\n").unwrap();
+        let follower = Follower::start(&log, 10);
+        follower.wait_for_output("the initial line", "first\n");
+
+        fs::rename(&log, dir.path().join("moved")).unwrap();
+        fs::write(&log, "second\n").unwrap();
+        follower.wait_for_output("the new file", "first\nsecond\n");
+        follower.finish().unwrap();
+    }
+
+    /// A reader that went away (broken pipe) ends follow with Ok; other
+    /// write errors are returned.
+    #[test]
+    fn follow_ends_on_broken_pipe() {
+        struct Failing(io::ErrorKind);
+        impl Write for Failing {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(self.0.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        fs::write(&log, "line\n").unwrap();
+        // `stop` never says stop: only the write error can end these calls.
+        let never = || false;
+        follow(&log, 1, &mut Failing(io::ErrorKind::BrokenPipe), &never).unwrap();
+        let err = follow(
+            &log,
+            1,
+            &mut Failing(io::ErrorKind::PermissionDenied),
+            &never,
+        );
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+    }
+}
