@@ -8,6 +8,8 @@
 //!   through it, under one `flock`.
 //! - [`process`]: process identity (pid + kernel start time), signals that
 //!   never hit a process whose identity does not match, detached spawning.
+//! - [`config`]: `psm.toml` parsed and validated into service specs, and
+//!   their per-project instances.
 //! - [`logs`]: service logs — copy-truncate rotation (services hold their
 //!   log open with `O_APPEND`), `tail`, and `tail -F`-style following.
 //! - [`cli`]: the `psm` command line; `main.rs` only parses and calls it.
@@ -21,6 +23,7 @@
 //!   rotated copies beside them as `<name>.log.1` (newest) … `.log.<keep>`.
 
 pub mod cli;
+pub mod config;
 pub mod input;
 pub mod logs;
 pub mod paths;
