@@ -24,9 +24,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod input;
 pub mod logs;
 pub mod paths;
 pub mod process;
 pub mod registry;
+pub mod supervisor;
 pub mod time;

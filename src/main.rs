@@ -11,7 +11,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    init_tracing(cli.verbose);
+    let daemon = matches!(cli.command, psm::cli::args::Command::Coordinator(_));
+    init_tracing(cli.verbose, daemon);
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -51,15 +52,20 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_tracing(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
+/// Logs go to stderr: the terminal for CLI commands, the coordinator's log
+/// file when `psm up` started it. The daemon logs what it does (info) by
+/// default; a CLI command only warnings.
+fn init_tracing(verbose: u8, daemon: bool) {
+    use std::io::IsTerminal;
+    let level = match (verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -43,6 +43,23 @@ pub enum Command {
     /// Terminal sessions whose services end with them.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Run the coordinator in the foreground (launchd, systemd, debugging).
+    Coordinator(ConfigArgs),
+    /// Start the coordinator in the background if none runs, wait until it
+    /// is healthy, and show the status.
+    Up(ConfigArgs),
+    /// Stop every service and the coordinator.
+    Down,
+    /// Start a configured service (also one that failed or was stopped).
+    Start(TargetArgs),
+    /// Stop a service and keep it down until started again.
+    Stop(TargetArgs),
+    /// Restart a service, resetting its restart count.
+    Restart(TargetArgs),
+    /// Re-read the configuration: start added, stop removed, restart changed services.
+    Reload,
+    /// Print (and follow) a service's log.
+    Logs(LogsArgs),
 }
 
 /// A service's name, type and owner.
@@ -134,4 +151,36 @@ pub enum SessionCommand {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+/// Which service a control command names.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The service name, as in psm.toml.
+    pub service: String,
+    /// Only the instance of this project (per-project services); default: all.
+    #[arg(long, value_name = "PATH")]
+    pub project: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The service configuration (default <root>/psm.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The service name (per-project instances: name@project, or --project).
+    pub service: String,
+    /// The project of a per-project instance.
+    #[arg(long, value_name = "PATH")]
+    pub project: Option<PathBuf>,
+    /// Keep printing what is appended, like tail -F.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How many lines to print first.
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub lines: usize,
 }

@@ -2,6 +2,7 @@
 //! library, print. Exit codes: 0 success, 1 failure or not found, 2 usage.
 
 pub mod args;
+mod daemon;
 mod output;
 mod session;
 
@@ -11,11 +12,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{Map, Value};
 
+use crate::coordinator::protocol::Request;
 use crate::input::{self, InputError};
 use crate::paths::Paths;
 use crate::registry::{
     ManagerError, Registration, Scope, ServiceKey, ServiceType, StateManager, Store,
 };
+use crate::supervisor::Extensions;
 use args::{Cli, Command, RegisterArgs, ServiceArgs, SessionCommand};
 
 /// A command's failure, carrying its exit code.
@@ -66,8 +69,14 @@ impl From<anyhow::Error> for CliError {
 
 pub type CliResult = Result<ExitCode, CliError>;
 
-/// Runs one parsed command.
+/// Runs one parsed command with the built-in service kinds and probes.
 pub fn run(cli: Cli) -> CliResult {
+    run_with(cli, Extensions::new())
+}
+
+/// Runs one parsed command; a coordinator it starts knows `extensions`.
+/// This is how an extended psm binary is made (see `examples/`).
+pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
     let paths = Paths::resolve(cli.root.as_deref()).context("finding the current directory")?;
     let manager = StateManager::new(Store::new(paths.clone()));
     match cli.command {
@@ -123,6 +132,14 @@ pub fn run(cli: Cli) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Session(cmd) => session_command(&paths, &manager, cmd),
+        Command::Coordinator(a) => daemon::run_coordinator(&paths, &a, extensions),
+        Command::Up(a) => daemon::up(&paths, &manager, &a),
+        Command::Down => daemon::down(&paths),
+        Command::Start(a) => daemon::control(&paths, Request::Start, &a),
+        Command::Stop(a) => daemon::control(&paths, Request::Stop, &a),
+        Command::Restart(a) => daemon::control(&paths, Request::Restart, &a),
+        Command::Reload => daemon::reload(&paths),
+        Command::Logs(a) => daemon::logs(&paths, &a),
     }
 }
 

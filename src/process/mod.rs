@@ -6,5 +6,5 @@ pub mod signal;
 pub mod spawn;
 
 pub use identity::{Identity, ProcInfo};
-pub use signal::{terminate, StopOutcome, StopRequest};
-pub use spawn::{open_log, spawn_detached, DetachedSpec};
+pub use signal::{signal_tree, terminate, StopOutcome, StopRequest};
+pub use spawn::{detached_command, open_log, spawn_detached, DetachedSpec};

@@ -69,32 +69,8 @@ impl StopRequest {
                 .is_some_and(|g| !live_group_members(g, self.identity.start_time).is_empty())
     }
 
-    /// Sends `sig` to what is still ours. Returns whether anything was signalled.
     fn send(&self, sig: Signal) -> bool {
-        if !signallable(self.identity.pid) {
-            return false;
-        }
-        if self.identity.is_alive() {
-            // The leader's identity vouches for the group: only its descendants
-            // can join a group in its session.
-            let sent = match self.group() {
-                Some(g) => killpg(Pid::from_raw(g), sig),
-                None => kill(Pid::from_raw(self.identity.pid), sig),
-            };
-            return sent.is_ok();
-        }
-        let Some(group) = self.group() else {
-            return false;
-        };
-        let mut any = false;
-        for member in live_group_members(group, self.identity.start_time) {
-            // Re-checked per member: it may have exited (and its pid been
-            // reused) since the scan.
-            if signallable(member.pid) && member.is_alive() {
-                any |= kill(Pid::from_raw(member.pid), sig).is_ok();
-            }
-        }
-        any
+        signal_tree(self.identity, self.pgid, sig)
     }
 
     fn wait_gone(&self, limit: Duration) -> bool {
@@ -109,6 +85,38 @@ impl StopRequest {
             thread::sleep(POLL);
         }
     }
+}
+
+/// Sends `sig` to the recorded process, or to its whole group if it leads one,
+/// without waiting. If the leader has already exited, its group's surviving
+/// members are signalled one by one. Returns whether anything was signalled.
+/// Never signals anything whose identity does not match.
+pub fn signal_tree(identity: Identity, pgid: Option<i32>, sig: Signal) -> bool {
+    if !signallable(identity.pid) {
+        return false;
+    }
+    let group = pgid.filter(|&g| g == identity.pid && signallable(g));
+    if identity.is_alive() {
+        // The leader's identity vouches for the group: only its descendants
+        // can join a group in its session.
+        let sent = match group {
+            Some(g) => killpg(Pid::from_raw(g), sig),
+            None => kill(Pid::from_raw(identity.pid), sig),
+        };
+        return sent.is_ok();
+    }
+    let Some(group) = group else {
+        return false;
+    };
+    let mut any = false;
+    for member in live_group_members(group, identity.start_time) {
+        // Re-checked per member: it may have exited (and its pid been
+        // reused) since the scan.
+        if signallable(member.pid) && member.is_alive() {
+            any |= kill(Pid::from_raw(member.pid), sig).is_ok();
+        }
+    }
+    any
 }
 
 /// Stops the process (and its group): the polite signal, then SIGKILL after

@@ -260,20 +260,10 @@ impl StateManager {
                 .scope(&scope)
                 .map(|m| m.iter().map(|(n, r)| (n.clone(), r.clone())).collect())
                 .unwrap_or_default();
-            result.terminated.extend(self.stop_all(&services));
+            result.terminated.extend(self.stop_services(&services));
             let (removed, remaining) = self.store.update_if(|registry| {
-                let mut removed = 0;
-                for (name, old) in &services {
-                    let key = ServiceKey::new(name.clone(), scope.clone());
-                    // Only the record we stopped: a re-registration under the
-                    // same name in the meantime is someone else's and stays.
-                    if registry.get(&key).is_some_and(|now| same_process(now, old)) {
-                        registry.remove(&key);
-                        removed += 1;
-                    }
-                }
-                let remaining = registry.scope(&scope).map_or(0, |m| m.len());
-                let ended = remaining == 0 && registry.sessions.remove(id).is_some();
+                let (removed, remaining) = remove_stopped(registry, id, &services);
+                let ended = remaining == 0 && end_session_if_empty(registry, id);
                 Ok::<_, ManagerError>(((removed, remaining), removed > 0 || ended))
             })?;
             result.cleaned += removed;
@@ -285,7 +275,7 @@ impl StateManager {
     }
 
     /// Stops the recorded processes in parallel; returns those that were running.
-    fn stop_all(&self, services: &[(String, ServiceRecord)]) -> Vec<Terminated> {
+    pub fn stop_services(&self, services: &[(String, ServiceRecord)]) -> Vec<Terminated> {
         thread::scope(|s| {
             let handles: Vec<_> = services
                 .iter()
@@ -354,6 +344,34 @@ impl StateManager {
     pub fn get_health_status(&self) -> Result<HealthStatus, ManagerError> {
         Ok(health_of(&self.store.read()?))
     }
+}
+
+/// Removes the records of a session's services that were stopped, but only
+/// where the record still describes the process that was stopped: a
+/// re-registration under the same name in the meantime is someone else's and
+/// stays. Returns (removed, services the session still has).
+pub fn remove_stopped(
+    registry: &mut Registry,
+    session: &str,
+    stopped: &[(String, ServiceRecord)],
+) -> (usize, usize) {
+    let scope = Scope::Session(session.to_string());
+    let mut removed = 0;
+    for (name, old) in stopped {
+        let key = ServiceKey::new(name.clone(), scope.clone());
+        if registry.get(&key).is_some_and(|now| same_process(now, old)) {
+            registry.remove(&key);
+            removed += 1;
+        }
+    }
+    (removed, registry.scope(&scope).map_or(0, |m| m.len()))
+}
+
+/// Removes a session record once it has no services left; true if removed.
+pub fn end_session_if_empty(registry: &mut Registry, session: &str) -> bool {
+    let scope = Scope::Session(session.to_string());
+    registry.scope(&scope).is_none_or(|m| m.is_empty())
+        && registry.sessions.remove(session).is_some()
 }
 
 /// True when two records describe the same process.

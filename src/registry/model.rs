@@ -226,6 +226,24 @@ impl ServiceRecord {
         }
     }
 
+    /// A record of a service that has no process right now (between
+    /// restarts, failed, or stopped).
+    pub fn without_process(scope: &Scope, script: impl Into<String>, now: u64) -> Self {
+        ServiceRecord {
+            pid: None,
+            pid_start_time: None,
+            ..Self::new(
+                scope,
+                script,
+                Identity {
+                    pid: 0,
+                    start_time: 0,
+                },
+                now,
+            )
+        }
+    }
+
     /// The recorded identity, if the record has both pid and start time.
     pub fn identity(&self) -> Option<Identity> {
         Some(Identity {

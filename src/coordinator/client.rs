@@ -1,0 +1,57 @@
+//! The CLI's side of the control socket: a blocking request/response.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::protocol::{Request, Response};
+use crate::paths::Paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no coordinator is running for {0}; start one with `psm up`")]
+    NotRunning(String),
+    #[error("talking to the coordinator at {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the coordinator sent an unreadable reply: {0}")]
+    Protocol(String),
+}
+
+/// Sends one request and waits up to `timeout` for the response.
+pub fn request(paths: &Paths, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let path = paths.control_socket();
+    let shown = path.display().to_string();
+    let io = |source| ClientError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ClientError::NotRunning(paths.root().display().to_string()))
+        }
+        Err(e) => return Err(io(e)),
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    if reply.is_empty() {
+        return Err(ClientError::Protocol(
+            "connection closed without a reply".into(),
+        ));
+    }
+    serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(e.to_string()))
+}

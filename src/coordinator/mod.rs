@@ -1,0 +1,148 @@
+//! The coordinator daemon: one per root, the root of the supervision tree.
+//!
+//! ```text
+//! CoordinatorActor      config, heartbeat, session sweep, per-project instances, control
+//!  ├─ RegistryActor     own thread; the only registry writer in the daemon; batches writes
+//!  ├─ ServiceActor × N  one per service instance (or an extension kind's actor)
+//!  └─ control socket    <root>/.psm/coordinator.sock, newline-delimited JSON, same uid only
+//! ```
+//!
+//! [`run`] is the daemon's `main` as a library function. It holds an exclusive
+//! `flock` on `<root>/.psm/coordinator.lock` for its whole life, so two
+//! coordinators can never run on one root; the kernel releases it when the
+//! process dies, whatever the way.
+
+mod actor;
+pub mod client;
+mod control;
+pub mod protocol;
+pub mod registry_actor;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use fs2::FileExt;
+use tracing::info;
+
+pub use actor::{CoordinatorActor, COORDINATOR_NAME};
+
+use crate::config::Config;
+use crate::paths::Paths;
+use crate::registry::Store;
+use crate::supervisor::Extensions;
+use registry_actor::RegistryActor;
+
+/// What the coordinator needs to run.
+pub struct Settings {
+    pub paths: Paths,
+    /// The config file; a missing one means "no services" (heartbeat and
+    /// session sweeps still run).
+    pub config_path: PathBuf,
+    pub extensions: Extensions,
+}
+
+/// How a coordinator run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran and was told to stop (`psm down`, SIGTERM, SIGINT).
+    Stopped,
+    /// Another coordinator holds this root; it stays in charge.
+    AlreadyRunning(Option<i32>),
+}
+
+/// The exclusive lock that makes a coordinator the only one on its root.
+pub struct CoordinatorLock {
+    _file: File,
+}
+
+impl CoordinatorLock {
+    /// Takes the lock without waiting, or reports who holds it.
+    pub fn acquire(paths: &Paths) -> anyhow::Result<Result<Self, Option<i32>>> {
+        let dir = paths.runtime_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating runtime directory {}", dir.display()))?;
+        // An existing directory keeps its mode; ours must be private.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("securing {}", dir.display()))?;
+        let path = paths.coordinator_lock();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if FileExt::try_lock_exclusive(&file).is_err() {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Ok(Err(text.trim().parse().ok()));
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(Ok(CoordinatorLock { _file: file }))
+    }
+
+    /// The pid of the coordinator holding the lock, if one does.
+    pub fn holder(paths: &Paths) -> Option<Option<i32>> {
+        let mut file = File::open(paths.coordinator_lock()).ok()?;
+        if FileExt::try_lock_shared(&file).is_ok() {
+            return None;
+        }
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        Some(text.trim().parse().ok())
+    }
+}
+
+/// Runs the coordinator in the foreground until it is told to stop.
+pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
+    let lock = match CoordinatorLock::acquire(&settings.paths)? {
+        Ok(lock) => lock,
+        Err(pid) => return Ok(Outcome::AlreadyRunning(pid)),
+    };
+    let config = if settings.config_path.exists() {
+        Config::load(&settings.config_path)?
+    } else {
+        Config::empty()
+    };
+    crate::process::open_log(&settings.paths.coordinator_log())
+        .context("creating the log directory")?;
+    let listener = control::bind(&settings.paths)?;
+
+    let system = System::new();
+    let registry_thread = Arbiter::new();
+    system.block_on(async {
+        let store = Store::new(settings.paths.clone());
+        let registry = RegistryActor::start_in_arbiter(&registry_thread.handle(), move |_| {
+            RegistryActor::new(store)
+        });
+        let coordinator = CoordinatorActor::new(
+            settings.paths.clone(),
+            settings.config_path.clone(),
+            config,
+            settings.extensions,
+            registry,
+        )
+        .start();
+        control::serve(listener, coordinator.clone());
+        actor::forward_signals(coordinator);
+    });
+    info!(root = %settings.paths.root().display(), pid = std::process::id(), "coordinator running");
+    system.run().context("running the coordinator")?;
+    registry_thread.stop();
+    registry_thread.join().ok();
+    let _ = fs::remove_file(settings.paths.control_socket());
+    drop(lock);
+    info!("coordinator stopped");
+    Ok(Outcome::Stopped)
+}

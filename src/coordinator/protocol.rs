@@ -1,0 +1,82 @@
+//! The control protocol: one JSON object per line over the coordinator's unix
+//! socket, a request from the CLI and one response back. Shared by the server
+//! (`control`) and the client (`client`), so the two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// CLI → coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Is the coordinator alive and serving? Replies with its pid.
+    Ping,
+    /// Start a configured service (clears a user stop or a `failed` state).
+    Start(Target),
+    /// Stop a service and keep it down until started again.
+    Stop(Target),
+    /// Stop (if running) and start again, with the restart count reset.
+    Restart(Target),
+    /// Re-read the configuration and apply the difference.
+    Reload,
+    /// Stop every service and exit.
+    Down,
+}
+
+/// Which service a request names. `project` selects one per-project
+/// instance; without it, a request applies to every instance of the name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// Coordinator → CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// One line for people: what was done, or what went wrong and what to do.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            message: message.into(),
+            data: Value::Null,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            message: message.into(),
+            data: Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let req = Request::Restart(Target {
+            service: "web".into(),
+            project: None,
+        });
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(line, r#"{"cmd":"restart","service":"web"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ping"}"#).unwrap(),
+            Request::Ping
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! `RegistryActor`: the only writer of the registry inside the daemon.
+//!
+//! It runs on its own arbiter (thread), so flock waits and fsyncs never stall
+//! the actors that supervise processes. Operations that arrive while a write
+//! is in progress queue up in its mailbox and are applied together in the next
+//! write: N services starting at once cost a handful of rewrites, not N.
+//! Every write is still a locked read-modify-write, so updates made by CLI
+//! processes between two of our writes are never lost.
+
+use actix::prelude::*;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+use tracing::{debug, error};
+
+use crate::registry::{Registry, ServiceKey, ServiceRecord, Store, StoreError};
+use crate::time::now_millis;
+
+/// One change to the registry.
+#[derive(Debug, Clone)]
+pub enum RegistryOp {
+    /// Inserts or replaces a record, keeping fields and metadata keys that
+    /// others (the watchdog, other tools) added to the existing one.
+    Upsert {
+        key: ServiceKey,
+        record: Box<ServiceRecord>,
+    },
+    /// Stamps `lastHealthCheck`, and the status if given, on an existing record.
+    Touch {
+        key: ServiceKey,
+        status: Option<String>,
+    },
+    /// Removes a record, only if it still names `pid` (when given): a record
+    /// replaced by someone else in the meantime stays.
+    Remove { key: ServiceKey, pid: Option<i32> },
+    /// Removes the records of a session's stopped services and, once it has
+    /// none left, the session itself.
+    EndSession {
+        id: String,
+        stopped: Vec<(String, ServiceRecord)>,
+    },
+}
+
+/// Any actor → `RegistryActor`: apply `op` in the next write. Fire and forget.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Persist(pub RegistryOp);
+
+/// Any actor → `RegistryActor`: apply `op` in the next write and reply once
+/// it is on disk (or failed).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct PersistNow(pub RegistryOp);
+
+/// Any actor → `RegistryActor`: the registry as it is after pending writes.
+#[derive(Message)]
+#[rtype(result = "Result<Registry, String>")]
+pub struct ReadRegistry;
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+pub struct RegistryActor {
+    store: Store,
+    pending: Vec<RegistryOp>,
+    waiters: Vec<Waiter>,
+    flush_scheduled: bool,
+}
+
+impl RegistryActor {
+    pub fn new(store: Store) -> Self {
+        RegistryActor {
+            store,
+            pending: Vec::new(),
+            waiters: Vec::new(),
+            flush_scheduled: false,
+        }
+    }
+
+    fn enqueue(&mut self, op: RegistryOp, ctx: &mut Context<Self>) {
+        self.pending.push(op);
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            // Deferred so that every message already in the mailbox joins
+            // this write.
+            ctx.run_later(std::time::Duration::ZERO, |act, _| act.flush());
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        if self.pending.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let count = ops.len();
+        let result = self
+            .store
+            .update_if(|registry| {
+                let changed = ops
+                    .into_iter()
+                    .fold(false, |acc, op| apply(registry, op) | acc);
+                Ok::<_, StoreError>(((), changed))
+            })
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+        match &result {
+            Ok(()) => debug!(ops = count, "registry written"),
+            Err(e) => error!(ops = count, error = %e, "registry write failed"),
+        }
+        for w in self.waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// Applies one operation; returns whether it changed anything.
+pub fn apply(registry: &mut Registry, op: RegistryOp) -> bool {
+    match op {
+        RegistryOp::Upsert { key, record } => {
+            let mut record = *record;
+            if let Some(old) = registry.get(&key) {
+                merge_kept(&mut record.metadata, &old.metadata);
+                merge_kept(&mut record.extra, &old.extra);
+            }
+            registry.insert(&key, record);
+            true
+        }
+        RegistryOp::Touch { key, status } => match registry.get_mut(&key) {
+            Some(r) => {
+                r.last_health_check = now_millis();
+                if let Some(s) = status {
+                    r.status = s;
+                }
+                true
+            }
+            None => false,
+        },
+        RegistryOp::Remove { key, pid } => {
+            let matches = registry
+                .get(&key)
+                .is_some_and(|r| pid.is_none() || r.pid == pid);
+            matches && registry.remove(&key).is_some()
+        }
+        RegistryOp::EndSession { id, stopped } => {
+            crate::registry::manager::remove_stopped(registry, &id, &stopped).0 > 0
+                || registry.sessions.contains_key(&id)
+                    && crate::registry::manager::end_session_if_empty(registry, &id)
+        }
+    }
+}
+
+/// Copies keys present in `old` but not in `new`.
+fn merge_kept(new: &mut Map<String, Value>, old: &Map<String, Value>) {
+    for (k, v) in old {
+        new.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
+impl Actor for RegistryActor {
+    type Context = Context<Self>;
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        // Nothing queued may be lost on shutdown.
+        self.flush();
+        Running::Stop
+    }
+}
+
+impl Handler<Persist> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) {
+        self.enqueue(msg.0, ctx);
+    }
+}
+
+impl Handler<PersistNow> for RegistryActor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, msg: PersistNow, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        self.enqueue(msg.0, ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err("registry actor stopped".into()))
+        })
+    }
+}
+
+impl Handler<ReadRegistry> for RegistryActor {
+    type Result = Result<Registry, String>;
+
+    fn handle(&mut self, _: ReadRegistry, _: &mut Context<Self>) -> Self::Result {
+        self.flush();
+        self.store
+            .read()
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
+}

@@ -1,0 +1,535 @@
+//! `ServiceActor`: supervises one service instance.
+//!
+//! State it owns: the current process (identity, start, generation), the
+//! count of failures in a row, and its phase. What happens:
+//! - **start**: adopt the process a previous coordinator left running if its
+//!   identity still matches, else spawn a new one (own session, output
+//!   appended to `<root>/.logs/<label>.log`);
+//! - **exit** is seen at once: the actor awaits its own child, or an adopted
+//!   process's pidfd (Linux; elsewhere a poll every 500 ms). Whatever is left
+//!   of the process group is killed, then `policy::decide` says restart after
+//!   a backoff or give up (`failed`);
+//! - **health**: every health interval, after the start period, the pid's
+//!   identity and the configured probe; a failure kills the group and counts
+//!   as a failure like any exit;
+//! - **stop**: the stop signal to the group, SIGKILL after the stop timeout,
+//!   the record removed (or marked `stopped`) before the reply, then the
+//!   actor stops.
+//!
+//! Every registry change goes through the `RegistryActor`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use nix::sys::signal::Signal;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::extension::ProbeHealth;
+use super::health;
+use super::policy::{decide, Decision};
+use crate::config::{HealthSpec, Instance};
+use crate::coordinator::registry_actor::{Persist, PersistNow, RegistryActor, RegistryOp};
+use crate::paths::Paths;
+use crate::process::{detached_command, signal_tree, DetachedSpec, Identity};
+use crate::registry::{status, ServiceRecord};
+use crate::time::now_millis;
+
+/// Who manages a record, in its metadata: the coordinator adopts only these.
+pub const MANAGED_BY: &str = "coordinator";
+
+/// Coordinator → service actor: stop the process; reply once it is gone and
+/// the registry says so. With `keep_record`, the record stays as `stopped`
+/// (a user's `psm stop`); otherwise it is removed (`down`, reload).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopService {
+    pub keep_record: bool,
+}
+
+/// Coordinator → service actor: start again now with the count reset. With
+/// `force`, a running process is stopped first (`psm restart`); without, a
+/// running service is left alone (`psm start` of a failed or waiting one).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RestartService {
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Backoff,
+    Failed,
+    Stopping,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    identity: Identity,
+    started: Instant,
+    start_millis: u64,
+    generation: u64,
+    /// The kill was ours, after a failed probe (for the log line).
+    probe_failed: bool,
+}
+
+pub struct ServiceActor {
+    inst: Instance,
+    paths: Paths,
+    registry: Addr<RegistryActor>,
+    health_interval: Duration,
+    probe: Option<Recipient<ProbeHealth>>,
+    adopt: Option<ServiceRecord>,
+    run: Option<Run>,
+    phase: Phase,
+    failures: u32,
+    generation: u64,
+    pending_restart: Option<SpawnHandle>,
+    restart_requested: bool,
+    keep_record: bool,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+    span: tracing::Span,
+}
+
+impl ServiceActor {
+    pub fn new(ctx: super::KindContext, probes: &HashMap<String, Recipient<ProbeHealth>>) -> Self {
+        let probe = match &ctx.instance.spec.health {
+            Some(HealthSpec::Probe { name, .. }) => probes.get(name).cloned(),
+            _ => None,
+        };
+        // At error level so the service's name is on its every log line,
+        // whatever level the filter lets through.
+        let span = tracing::error_span!("service", name = %ctx.instance.label);
+        ServiceActor {
+            inst: ctx.instance,
+            paths: ctx.paths,
+            registry: ctx.registry,
+            health_interval: ctx.health_interval,
+            probe,
+            adopt: ctx.adopt,
+            run: None,
+            phase: Phase::Backoff,
+            failures: 0,
+            generation: 0,
+            pending_restart: None,
+            restart_requested: false,
+            keep_record: false,
+            stop_waiters: Vec::new(),
+            span,
+        }
+    }
+
+    fn script(&self) -> String {
+        self.inst.spec.command.join(" ")
+    }
+
+    /// The registry record for the current state.
+    fn record(&self, status: &str) -> ServiceRecord {
+        let now = now_millis();
+        let mut record = match &self.run {
+            Some(run) => {
+                let mut r = ServiceRecord::new(
+                    &self.inst.key.scope,
+                    self.script(),
+                    run.identity,
+                    run.start_millis,
+                );
+                r.pgid = Some(run.identity.pid);
+                r.last_health_check = now;
+                r
+            }
+            None => ServiceRecord::without_process(&self.inst.key.scope, self.script(), now),
+        };
+        record.status = status.to_string();
+        record.restart_count = self.failures;
+        let mut meta = Map::new();
+        meta.insert("managedBy".into(), Value::from(MANAGED_BY));
+        meta.insert("instance".into(), Value::from(self.inst.label.clone()));
+        meta.insert("kind".into(), Value::from(self.inst.spec.kind.clone()));
+        record.metadata = meta;
+        record
+    }
+
+    fn persist(&self, status: &str) {
+        self.registry.do_send(Persist(RegistryOp::Upsert {
+            key: self.inst.key.clone(),
+            record: Box::new(self.record(status)),
+        }));
+    }
+
+    fn spawn(&mut self, ctx: &mut Context<Self>) {
+        let _enter = self.span.clone().entered();
+        self.generation += 1;
+        let generation = self.generation;
+        let spec = &self.inst.spec;
+        let detached = DetachedSpec {
+            program: spec.command[0].clone().into(),
+            args: spec.command[1..].iter().map(Into::into).collect(),
+            cwd: Some(self.inst.cwd.clone()),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .chain([
+                    ("PSM_SERVICE".into(), self.inst.label.clone().into()),
+                    ("PSM_ROOT".into(), self.paths.root().as_os_str().to_owned()),
+                ])
+                .collect(),
+            log: self.paths.service_log(&self.inst.label),
+        };
+        let spawned =
+            detached_command(&detached).and_then(|cmd| tokio::process::Command::from(cmd).spawn());
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                error!(error = %e, "cannot start");
+                self.after_exit(Duration::ZERO, &format!("could not start: {e}"), ctx);
+                return;
+            }
+        };
+        // Unreaped until our `wait` below, so the identity is readable even
+        // if it already exited.
+        let pid = child.id().map_or(0, |p| p as i32);
+        let identity = Identity::of(pid).unwrap_or(Identity { pid, start_time: 0 });
+        self.run = Some(Run {
+            identity,
+            started: Instant::now(),
+            start_millis: now_millis(),
+            generation,
+            probe_failed: false,
+        });
+        self.phase = Phase::Running;
+        info!(pid, attempt = self.failures, "started");
+        self.persist(status::RUNNING);
+        ctx.spawn(
+            async move {
+                match child.wait().await {
+                    Ok(s) => describe_exit(s),
+                    Err(e) => format!("wait failed: {e}"),
+                }
+            }
+            .into_actor(self)
+            .map(move |how, act, ctx| act.exited(generation, &how, ctx)),
+        );
+    }
+
+    /// Takes over a process a previous coordinator started.
+    fn adopt(&mut self, record: ServiceRecord, identity: Identity, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        let age = Duration::from_millis(now_millis().saturating_sub(record.start_time));
+        self.run = Some(Run {
+            identity,
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            start_millis: record.start_time,
+            generation,
+            probe_failed: false,
+        });
+        self.failures = record.restart_count;
+        self.phase = Phase::Running;
+        info!(parent: &self.span, pid = identity.pid, "adopted");
+        self.persist(status::RUNNING);
+        ctx.spawn(
+            wait_for_exit(identity)
+                .into_actor(self)
+                .map(move |(), act, ctx| {
+                    act.exited(generation, "exited (adopted; status unknown)", ctx)
+                }),
+        );
+    }
+
+    fn exited(&mut self, generation: u64, how: &str, ctx: &mut Context<Self>) {
+        let Some(run) = self.run.filter(|r| r.generation == generation) else {
+            return; // an earlier run's exit, already handled
+        };
+        self.run = None;
+        // Orphaned grandchildren would hold ports and files the next run needs.
+        signal_tree(run.identity, Some(run.identity.pid), Signal::SIGKILL);
+        let uptime = run.started.elapsed();
+        if self.phase == Phase::Stopping {
+            info!(parent: &self.span, how, "stopped");
+            self.finish_stop(ctx);
+            return;
+        }
+        if std::mem::take(&mut self.restart_requested) {
+            self.failures = 0;
+            self.spawn(ctx);
+            return;
+        }
+        // A run ended by a failed probe was healthy until then, so its uptime
+        // counts towards `stable-after` like any other run's.
+        let how = if run.probe_failed {
+            "killed after a failed health probe"
+        } else {
+            how
+        };
+        self.after_exit(uptime, how, ctx);
+    }
+
+    fn after_exit(&mut self, uptime: Duration, how: &str, ctx: &mut Context<Self>) {
+        let _enter = self.span.clone().entered();
+        match decide(&self.inst.spec.restart, self.failures, uptime) {
+            Decision::Restart { attempt, delay } => {
+                self.failures = attempt;
+                self.phase = Phase::Backoff;
+                warn!(
+                    how,
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    "exited; restarting"
+                );
+                self.persist(status::BACKOFF);
+                self.pending_restart = Some(ctx.run_later(delay, |act, ctx| {
+                    act.pending_restart = None;
+                    act.spawn(ctx);
+                }));
+            }
+            Decision::GiveUp { failures } => {
+                self.failures = failures;
+                self.phase = Phase::Failed;
+                error!(how, failures, "exited; giving up until `psm restart`");
+                self.persist(status::FAILED);
+            }
+        }
+    }
+
+    fn health_tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(run) = self.run.filter(|_| self.phase == Phase::Running) else {
+            return;
+        };
+        if !run.identity.is_alive() {
+            // The exit watcher reports it; nothing to probe.
+            return;
+        }
+        if run.started.elapsed() < self.inst.spec.start_period {
+            return;
+        }
+        let generation = run.generation;
+        match self.inst.spec.health.clone() {
+            None => self.probed(generation, Ok(()), ctx),
+            Some(HealthSpec::File { path, max_age }) => {
+                let path = self.inst.cwd.join(path);
+                let result = health::probe_file(&path, max_age);
+                self.probed(generation, result, ctx);
+            }
+            Some(HealthSpec::Port { host, port }) => {
+                ctx.spawn(
+                    async move { health::probe_port(&host, port).await }
+                        .into_actor(self)
+                        .map(move |res, act, ctx| act.probed(generation, res, ctx)),
+                );
+            }
+            Some(HealthSpec::Probe { name, options }) => {
+                let Some(probe) = self.probe.clone() else {
+                    self.probed(
+                        generation,
+                        Err(format!("no probe named '{name}' is registered")),
+                        ctx,
+                    );
+                    return;
+                };
+                let msg = ProbeHealth {
+                    instance: self.inst.label.clone(),
+                    pid: run.identity.pid,
+                    options,
+                };
+                let timeout = self.health_interval.max(health::CONNECT_TIMEOUT);
+                ctx.spawn(
+                    async move {
+                        match probe.send(msg).timeout(timeout).await {
+                            Ok(res) => res,
+                            Err(e) => Err(format!("probe '{name}' did not answer: {e}")),
+                        }
+                    }
+                    .into_actor(self)
+                    .map(move |res, act, ctx| act.probed(generation, res, ctx)),
+                );
+            }
+        }
+    }
+
+    fn probed(&mut self, generation: u64, result: Result<(), String>, _ctx: &mut Context<Self>) {
+        let Some(run) = self.run.as_mut().filter(|r| r.generation == generation) else {
+            return;
+        };
+        match result {
+            Ok(()) => self.registry.do_send(Persist(RegistryOp::Touch {
+                key: self.inst.key.clone(),
+                status: None,
+            })),
+            Err(reason) => {
+                run.probe_failed = true;
+                let identity = run.identity;
+                warn!(parent: &self.span, pid = identity.pid, reason, "unhealthy; killing");
+                signal_tree(identity, Some(identity.pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.pending_restart.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(run) = self.run else {
+            self.finish_stop(ctx);
+            return;
+        };
+        signal_tree(
+            run.identity,
+            Some(run.identity.pid),
+            self.inst.spec.stop_signal,
+        );
+        let generation = run.generation;
+        ctx.run_later(self.inst.spec.stop_timeout, move |act, _| {
+            if let Some(run) = act.run.filter(|r| r.generation == generation) {
+                warn!(parent: &act.span, pid = run.identity.pid, "did not stop in time; SIGKILL");
+                signal_tree(run.identity, Some(run.identity.pid), Signal::SIGKILL);
+            }
+        });
+    }
+
+    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
+        let op = if self.keep_record {
+            RegistryOp::Upsert {
+                key: self.inst.key.clone(),
+                record: Box::new(self.record(status::STOPPED)),
+            }
+        } else {
+            RegistryOp::Remove {
+                key: self.inst.key.clone(),
+                pid: None,
+            }
+        };
+        let waiters = std::mem::take(&mut self.stop_waiters);
+        ctx.spawn(
+            self.registry
+                .send(PersistNow(op))
+                .into_actor(self)
+                .map(move |_, _, ctx| {
+                    for w in waiters {
+                        let _ = w.send(());
+                    }
+                    ctx.stop();
+                }),
+        );
+    }
+}
+
+impl Actor for ServiceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let adoptable = self.adopt.take().and_then(|r| {
+            let id = r.identity().filter(Identity::is_alive)?;
+            Some((r, id))
+        });
+        match adoptable {
+            Some((record, identity)) => self.adopt(record, identity, ctx),
+            None => self.spawn(ctx),
+        }
+        ctx.run_interval(self.health_interval, |act, ctx| act.health_tick(ctx));
+    }
+}
+
+impl Handler<StopService> for ServiceActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: StopService, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.stop_waiters.push(tx);
+        self.keep_record = msg.keep_record;
+        if self.phase != Phase::Stopping {
+            self.phase = Phase::Stopping;
+            self.begin_stop(ctx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<RestartService> for ServiceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestartService, ctx: &mut Context<Self>) {
+        let running = self.phase == Phase::Running && self.run.is_some();
+        if self.phase == Phase::Stopping || (running && !msg.force) {
+            return;
+        }
+        self.failures = 0;
+        if let Some(h) = self.pending_restart.take() {
+            ctx.cancel_future(h);
+        }
+        match self.run {
+            Some(run) => {
+                self.restart_requested = true;
+                signal_tree(
+                    run.identity,
+                    Some(run.identity.pid),
+                    self.inst.spec.stop_signal,
+                );
+                let generation = run.generation;
+                ctx.run_later(self.inst.spec.stop_timeout, move |act, _| {
+                    if let Some(run) = act.run.filter(|r| r.generation == generation) {
+                        signal_tree(run.identity, Some(run.identity.pid), Signal::SIGKILL);
+                    }
+                });
+            }
+            None => self.spawn(ctx),
+        }
+    }
+}
+
+/// "exited with status 3" / "killed by SIGKILL".
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => "exited".to_string(),
+    }
+}
+
+/// Resolves when the (not our child) process `identity` exits.
+async fn wait_for_exit(identity: Identity) {
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = pidfd::open(identity) {
+        // A pidfd becomes readable when its process exits.
+        // SAFETY: the AsyncFd takes ownership of the fd and is the only user
+        // of it until it is dropped, which deregisters it first.
+        if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+            let _ = afd.readable().await;
+            return;
+        }
+    }
+    // Without a pidfd: poll the identity, at most every half second.
+    while identity.is_alive() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod pidfd {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use crate::process::Identity;
+
+    /// A pidfd for `identity`, verified to name that very process: the check
+    /// comes after the open, so a pid reused in between cannot slip through.
+    pub fn open(identity: Identity) -> Option<OwnedFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, identity.pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        identity.is_alive().then_some(fd)
+    }
+}
