@@ -112,7 +112,107 @@ pub struct Root {
     pub reaper: Reaper,
 }
 
+impl Drop for Root {
+    /// Kills whatever this root's coordinator and services are, so a failing
+    /// test leaves nothing running: the coordinator first (so it restarts
+    /// nothing), then every recorded service's process group.
+    fn drop(&mut self) {
+        self.kill_everything();
+    }
+}
+
 impl Root {
+    /// SIGKILLs the coordinator holding this root's lock and the process group
+    /// of every process the registry records (identity checked).
+    pub fn kill_everything(&self) {
+        if let Some(pid) = self.coordinator_pid() {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_for(Duration::from_secs(5), "coordinator gone", || !alive(pid));
+        }
+        for (pid, start) in self.recorded_processes() {
+            if start_time(pid) == Some(start) {
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// The pid written in the coordinator lock file, if that process is alive.
+    pub fn coordinator_pid(&self) -> Option<i32> {
+        let pid: i32 = self.read(".psm/coordinator.lock").trim().parse().ok()?;
+        (pid > 1 && alive(pid)).then_some(pid)
+    }
+
+    /// (pid, pidStartTime) of every service record with a process.
+    pub fn recorded_processes(&self) -> Vec<(i32, u64)> {
+        let Ok(text) = fs::read_to_string(self.registry_path()) else {
+            return Vec::new();
+        };
+        let Ok(reg) = serde_json::from_str::<Value>(&text) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut visit = |r: &Value| {
+            if let (Some(pid), Some(st)) = (r["pid"].as_i64(), r["pidStartTime"].as_u64()) {
+                if pid > 1 && pid != std::process::id() as i64 {
+                    out.push((pid as i32, st));
+                }
+            }
+        };
+        let services = &reg["services"];
+        for r in services["global"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            visit(r);
+        }
+        for scope in ["projects", "sessions"] {
+            for m in services[scope]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values())
+            {
+                for r in m.as_object().into_iter().flat_map(|m| m.values()) {
+                    visit(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `<root>/psm.toml`.
+    pub fn write_config(&self, toml: &str) {
+        fs::write(self.file("psm.toml"), toml).unwrap();
+    }
+
+    /// `psm up`, asserting success; returns the coordinator's pid.
+    pub fn up(&self) -> i32 {
+        self.ok(&["up"]);
+        self.coordinator_pid().expect("a coordinator after psm up")
+    }
+
+    /// The registry record of a global service.
+    pub fn global(&self, name: &str) -> Value {
+        self.registry()["services"]["global"][name].clone()
+    }
+
+    /// The pid of a running global service, once it has one.
+    pub fn service_pid(&self, name: &str) -> i32 {
+        let mut pid = 0;
+        wait_until(Duration::from_secs(10), &format!("{name} running"), || {
+            let r = self.global(name);
+            match (r["status"].as_str(), r["pid"].as_i64()) {
+                (Some("running"), Some(p)) if alive(p as i32) => {
+                    pid = p as i32;
+                    Ok(())
+                }
+                _ => Err(r),
+            }
+        });
+        pid
+    }
+
     pub fn new() -> Self {
         Root {
             dir: tempfile::tempdir().expect("temp root"),
@@ -209,6 +309,17 @@ impl Root {
         );
         pid
     }
+}
+
+/// The kernel start time of `pid` (field 22 of /proc/<pid>/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// stderr as text.
