@@ -3,6 +3,7 @@
 
 pub mod args;
 mod daemon;
+mod entry;
 mod output;
 mod session;
 
@@ -20,6 +21,7 @@ use crate::registry::{
 };
 use crate::supervisor::Extensions;
 use args::{Cli, Command, RegisterArgs, ServiceArgs, SessionCommand};
+pub use entry::main;
 
 /// A command's failure, carrying its exit code.
 #[derive(Debug)]

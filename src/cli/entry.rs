@@ -1,0 +1,75 @@
+//! The process entry point shared by `psm` and extended binaries: parse
+//! arguments, set up logging, run, map the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use super::args::{Cli, Command};
+use crate::supervisor::Extensions;
+
+/// Runs psm as a program, with `extensions` known to any coordinator it runs.
+pub fn main(extensions: Extensions) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let daemon = matches!(cli.command, Command::Coordinator(_));
+    init_tracing(cli.verbose, daemon);
+    match super::run_with(cli, extensions) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("psm: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Prints help and version as clap does; any other parse error as one line
+/// (clap's own message spans several), exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("psm: {message} (see psm --help)");
+    ExitCode::from(2)
+}
+
+/// Logs go to stderr: the terminal for CLI commands, the coordinator's log
+/// file when `psm up` started it. The daemon logs what it does (info) by
+/// default; a CLI command only warnings.
+fn init_tracing(verbose: u8, daemon: bool) {
+    use std::io::IsTerminal;
+    let level = match (verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
