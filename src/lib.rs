@@ -30,5 +30,8 @@ pub mod logs;
 pub mod paths;
 pub mod process;
 pub mod registry;
+pub mod schedule;
 pub mod supervisor;
 pub mod time;
+pub mod verify;
+pub mod watchdog;

@@ -60,6 +60,70 @@ pub enum Command {
     Reload,
     /// Print (and follow) a service's log.
     Logs(LogsArgs),
+    /// Check the coordinator once and replace it if it is dead or hung
+    /// (launchd/systemd run this every 60 s); or schedule that.
+    Watchdog(WatchdogArgs),
+    /// Pre-start-up checks: registry, config, permissions, coordinator,
+    /// dead records, duplicates, ports, watchdog.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchdogArgs {
+    #[command(subcommand)]
+    pub action: Option<WatchdogAction>,
+    /// A heartbeat older than this means the coordinator is hung.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub max_age: std::time::Duration,
+    /// The config to start a coordinator with when its record names none
+    /// (default <root>/psm.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WatchdogAction {
+    /// Schedule the watchdog for this root (launchd on macOS, systemd elsewhere).
+    Install {
+        /// How often it runs.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Print the files instead of writing and loading them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write a launchd LaunchAgent, whatever the OS.
+        #[arg(long, conflicts_with = "systemd")]
+        launchd: bool,
+        /// Write a systemd user service and timer, whatever the OS.
+        #[arg(long)]
+        systemd: bool,
+    },
+    /// Unload and remove this root's watchdog schedule.
+    Uninstall {
+        #[arg(long, conflicts_with = "systemd")]
+        launchd: bool,
+        #[arg(long)]
+        systemd: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Clean dead records and start the coordinator, then check again.
+    #[arg(long)]
+    pub fix: bool,
+    /// Warnings fail too.
+    #[arg(long)]
+    pub strict: bool,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The service configuration (default <root>/psm.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// A service's name, type and owner.

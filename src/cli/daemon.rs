@@ -2,7 +2,7 @@
 //! `down`, `start`, `stop`, `restart`, `reload`, `logs`.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -15,7 +15,6 @@ use crate::coordinator::protocol::{Request, Response, Target};
 use crate::coordinator::{self, CoordinatorLock, Outcome, Settings};
 use crate::input;
 use crate::paths::Paths;
-use crate::process::DetachedSpec;
 use crate::registry::StateManager;
 use crate::supervisor::Extensions;
 
@@ -24,12 +23,17 @@ const UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a control request may take (`down` waits for every service to stop).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn config_path(paths: &Paths, args: &ConfigArgs) -> PathBuf {
-    match &args.config {
-        Some(p) if p.is_absolute() => p.clone(),
+pub(super) fn config_path(paths: &Paths, args: &ConfigArgs) -> PathBuf {
+    resolve_config(paths, args.config.as_deref())
+}
+
+/// An explicit config (relative to the current directory) or `<root>/psm.toml`.
+pub(super) fn resolve_config(paths: &Paths, flag: Option<&Path>) -> PathBuf {
+    match flag {
+        Some(p) if p.is_absolute() => p.to_path_buf(),
         Some(p) => std::env::current_dir()
             .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.clone()),
+            .unwrap_or_else(|_| p.to_path_buf()),
         None => paths.default_config(),
     }
 }
@@ -85,35 +89,18 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts `<this executable> coordinator` in its own session, output to
-/// `.logs/coordinator.log`. Running the current executable means an
-/// extended binary (see examples/) starts an extended coordinator.
-fn start_detached(paths: &Paths, config_path: &Path) -> Result<(), CliError> {
-    let exe = std::env::current_exe().context("finding the psm executable")?;
-    let spec = DetachedSpec {
-        program: exe.into(),
-        args: vec![
-            "--root".into(),
-            paths.root().into(),
-            "coordinator".into(),
-            "--config".into(),
-            config_path.into(),
-        ],
-        cwd: Some(paths.root().to_path_buf()),
-        env: Vec::new(),
-        log: paths.coordinator_log(),
-    };
-    let mut cmd = crate::process::detached_command(&spec)
-        .with_context(|| format!("opening {}", paths.coordinator_log().display()))?;
-    cmd.stdin(Stdio::null());
-    let child = cmd.spawn().context("starting the coordinator")?;
-    // Reaped by whoever adopts it once we exit; `up` does not wait for it.
-    drop(child);
+pub(super) fn start_detached(paths: &Paths, config_path: &Path) -> Result<(), CliError> {
+    coordinator::spawn_background(paths, config_path).with_context(|| {
+        format!(
+            "starting the coordinator (log: {})",
+            paths.coordinator_log().display()
+        )
+    })?;
     Ok(())
 }
 
 /// Waits until the coordinator answers and its heartbeat is in the registry.
-fn wait_healthy(paths: &Paths) -> Result<(), CliError> {
+pub(super) fn wait_healthy(paths: &Paths) -> Result<(), CliError> {
     let deadline = Instant::now() + UP_TIMEOUT;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {

@@ -6,6 +6,7 @@ mod daemon;
 mod entry;
 mod output;
 mod session;
+mod watch;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -142,6 +143,8 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Restart(a) => daemon::control(&paths, Request::Restart, &a),
         Command::Reload => daemon::reload(&paths),
         Command::Logs(a) => daemon::logs(&paths, &a),
+        Command::Watchdog(a) => watch::watchdog(&paths, a),
+        Command::Verify(a) => watch::verify(&paths, &manager, &a),
     }
 }
 

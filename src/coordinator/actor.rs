@@ -192,14 +192,47 @@ impl CoordinatorActor {
             .map(|(k, _)| k.clone())
             .collect();
         let desired = self.desired(&self.active_projects(&registry));
+        let mut unrecorded = self.unrecorded_services(&previous);
         let mut adopted = 0;
         for (key, instance) in &desired {
             if self.user_stopped.contains(key) {
                 continue;
             }
-            let adopt = previous.get(key).filter(|r| r.is_alive()).cloned();
+            let adopt = previous
+                .get(key)
+                .filter(|r| r.is_alive())
+                .cloned()
+                .or_else(|| {
+                    // Started by a coordinator that died before recording it.
+                    let (_, identity) = unrecorded.get_mut(&instance.label)?.pop()?;
+                    let mut r = ServiceRecord::new(
+                        &key.scope,
+                        instance.spec.command.join(" "),
+                        identity,
+                        now_millis(),
+                    );
+                    r.pgid = Some(identity.pid);
+                    Some(r)
+                });
             adopted += usize::from(adopt.is_some());
             self.start_instance(instance.clone(), adopt);
+        }
+        // Whatever is left is a twin or no longer configured: end it.
+        let twins: Vec<(ServiceKey, ServiceRecord)> = unrecorded
+            .into_values()
+            .flatten()
+            .map(|(key, identity)| {
+                let mut r = ServiceRecord::new(&key.scope, "", identity, now_millis());
+                r.pgid = Some(identity.pid);
+                (key, r)
+            })
+            .collect();
+        if !twins.is_empty() {
+            warn!(
+                count = twins.len(),
+                "ending unrecorded service processes of this root"
+            );
+            self.end_processes(twins, false);
         }
         let leftovers: Vec<(ServiceKey, ServiceRecord)> = previous
             .into_iter()
@@ -211,12 +244,33 @@ impl CoordinatorActor {
             leftovers = leftovers.len(),
             "supervising"
         );
-        self.end_leftovers(leftovers);
+        self.end_processes(leftovers, true);
     }
 
-    /// Stops processes recorded as ours that no instance wants, off the actor
-    /// thread (stopping waits), then removes their records.
-    fn end_leftovers(&self, leftovers: Vec<(ServiceKey, ServiceRecord)>) {
+    /// Processes this root's coordinators spawned that no record names,
+    /// grouped by instance label. (The key only names them for the stop;
+    /// they have no record to update.)
+    fn unrecorded_services(
+        &self,
+        previous: &BTreeMap<ServiceKey, ServiceRecord>,
+    ) -> HashMap<String, Vec<(ServiceKey, Identity)>> {
+        let recorded: HashSet<Identity> = previous
+            .values()
+            .filter_map(ServiceRecord::identity)
+            .collect();
+        let mut out: HashMap<String, Vec<(ServiceKey, Identity)>> = HashMap::new();
+        for (label, identity) in crate::process::identity::spawned_services(self.paths.root()) {
+            if !recorded.contains(&identity) {
+                let key = ServiceKey::global(label.clone());
+                out.entry(label).or_default().push((key, identity));
+            }
+        }
+        out
+    }
+
+    /// Stops processes of ours that no instance wants, off the actor thread
+    /// (stopping waits); with `recorded`, then removes their records.
+    fn end_processes(&self, leftovers: Vec<(ServiceKey, ServiceRecord)>, recorded: bool) {
         for (key, record) in leftovers {
             let registry = self.registry.clone();
             actix_rt::spawn(async move {
@@ -225,10 +279,12 @@ impl CoordinatorActor {
                         StopRequest::new(identity, record.pgid, std::time::Duration::from_secs(2));
                     let _ = actix_rt::task::spawn_blocking(move || terminate(&req)).await;
                 }
-                registry.do_send(Persist(RegistryOp::Remove {
-                    key,
-                    pid: record.pid,
-                }));
+                if recorded {
+                    registry.do_send(Persist(RegistryOp::Remove {
+                        key,
+                        pid: record.pid,
+                    }));
+                }
             });
         }
     }

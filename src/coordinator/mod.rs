@@ -21,7 +21,7 @@ pub mod registry_actor;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
 use anyhow::Context as _;
@@ -81,9 +81,7 @@ impl CoordinatorLock {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         if FileExt::try_lock_exclusive(&file).is_err() {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            return Ok(Err(text.trim().parse().ok()));
+            return Ok(Err(read_holder(&mut file)));
         }
         file.set_len(0)?;
         file.rewind()?;
@@ -98,10 +96,52 @@ impl CoordinatorLock {
         if FileExt::try_lock_shared(&file).is_ok() {
             return None;
         }
-        let mut text = String::new();
-        let _ = file.read_to_string(&mut text);
-        Some(text.trim().parse().ok())
+        Some(read_holder(&mut file))
     }
+}
+
+/// The pid the lock holder wrote. A holder that has just taken the lock may
+/// not have written it yet (or the file may still name its dead
+/// predecessor), so read until it names a live process, for up to a second.
+fn read_holder(file: &mut File) -> Option<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let mut text = String::new();
+        let pid = file
+            .rewind()
+            .and_then(|()| file.read_to_string(&mut text))
+            .ok()
+            .and_then(|_| text.trim().parse::<i32>().ok())
+            .filter(|&pid| crate::process::Identity::of(pid).is_some_and(|id| id.is_alive()));
+        if pid.is_some() || std::time::Instant::now() >= deadline {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Starts `<this executable> --root R coordinator --config F` in its own
+/// session, output appended to `.logs/coordinator.log`, and returns its pid
+/// without waiting. Running the current executable means an extended binary
+/// (see examples/) starts an extended coordinator, and the watchdog starts
+/// the same psm it is.
+pub fn spawn_background(paths: &Paths, config_path: &Path) -> std::io::Result<u32> {
+    let exe = std::env::current_exe()?;
+    let spec = crate::process::DetachedSpec {
+        program: exe.into(),
+        args: vec![
+            "--root".into(),
+            paths.root().into(),
+            "coordinator".into(),
+            "--config".into(),
+            config_path.into(),
+        ],
+        cwd: Some(paths.root().to_path_buf()),
+        env: Vec::new(),
+        log: paths.coordinator_log(),
+    };
+    // The child is reparented once we exit; nobody here waits for it.
+    Ok(crate::process::spawn_detached(&spec)?.id())
 }
 
 /// Runs the coordinator in the foreground until it is told to stop.

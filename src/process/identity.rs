@@ -18,7 +18,7 @@ pub struct ProcInfo {
 }
 
 /// A pid together with the start time that makes it unambiguous.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     pub pid: i32,
     pub start_time: u64,
@@ -142,6 +142,47 @@ pub fn live_group_members(pgid: i32, since: u64) -> Vec<Identity> {
 /// psm cannot prove who its members are.
 #[cfg(not(target_os = "linux"))]
 pub fn live_group_members(_pgid: i32, _since: u64) -> Vec<Identity> {
+    Vec::new()
+}
+
+/// Services the coordinator of `root` spawned that are still running, as
+/// (label, identity): process-group leaders whose environment carries
+/// `PSM_ROOT=<root>` and `PSM_SERVICE=<label>` (the coordinator sets both).
+/// This finds a service whose coordinator died before its record reached the
+/// registry, so the next coordinator adopts it instead of starting a twin.
+#[cfg(target_os = "linux")]
+pub fn spawned_services(root: &std::path::Path) -> Vec<(String, Identity)> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let want_root = [b"PSM_ROOT=".as_slice(), root.as_os_str().as_bytes()].concat();
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let info = ProcInfo::read(pid).filter(|i| i.pgid == pid && !i.zombie)?;
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let mut vars = environ.split(|&b| b == 0);
+            let mut label = None;
+            let mut ours = false;
+            for var in &mut vars {
+                if var == want_root.as_slice() {
+                    ours = true;
+                } else if let Some(l) = var.strip_prefix(b"PSM_SERVICE=") {
+                    label = Some(String::from_utf8_lossy(l).into_owned());
+                }
+            }
+            let identity = Identity {
+                pid,
+                start_time: info.start_time,
+            };
+            ours.then_some(label?).map(|l| (l, identity))
+        })
+        .collect()
+}
+
+/// Without /proc there is no environment to read; only records are adopted.
+#[cfg(not(target_os = "linux"))]
+pub fn spawned_services(_root: &std::path::Path) -> Vec<(String, Identity)> {
     Vec::new()
 }
 

@@ -91,6 +91,33 @@ impl Store {
         self.load(false)
     }
 
+    /// Reads under the shared lock if it can be had within `patience`; else
+    /// reads the file without it. That is safe because every save is an
+    /// atomic rename, so the file is always one whole version; the lock only
+    /// orders readers after writers. For the watchdog, which must be able to
+    /// judge a coordinator that hung (or was stopped) while holding the lock.
+    pub fn read_within(&self, patience: std::time::Duration) -> Result<Registry, StoreError> {
+        let path = self.paths.registry_lock();
+        let file = create_private(&path, false).map_err(|source| {
+            self.check_root().err().unwrap_or(StoreError::Lock {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if FileExt::try_lock_shared(&file).is_ok() {
+                let _guard = LockGuard(file);
+                return self.load(false);
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(lock = %path.display(), "registry lock held too long; reading without it");
+                return self.load(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Applies `op` to the current registry under the exclusive lock and saves
     /// the result. If `op` fails, nothing is written and its error is returned.
     pub fn update<T, E>(&self, op: impl FnOnce(&mut Registry) -> Result<T, E>) -> Result<T, E>

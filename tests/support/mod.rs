@@ -135,6 +135,17 @@ impl Root {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+        // A service spawned in the moment before the coordinator died may not
+        // be recorded yet; every service carries PSM_ROOT in its environment.
+        let canonical = fs::canonicalize(self.path()).ok();
+        let roots: Vec<&Path> = [Some(self.path()), canonical.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while kill_processes_naming(&roots) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20)); // poll, as wait_until does: children may still fork
+        }
     }
 
     /// The pid written in the coordinator lock file, if that process is alive.
@@ -309,6 +320,41 @@ impl Root {
         );
         pid
     }
+}
+
+/// SIGKILLs every live process whose environment has `PSM_ROOT=<one of
+/// roots>`; returns how many it found.
+fn kill_processes_naming(roots: &[&Path]) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let me = std::process::id() as i32;
+    let wanted: Vec<Vec<u8>> = roots
+        .iter()
+        .map(|r| [b"PSM_ROOT=".as_slice(), r.as_os_str().as_bytes()].concat())
+        .collect();
+    let mut found = 0;
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 1 || pid == me {
+            continue;
+        }
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let names_root = environ
+            .split(|&b| b == 0)
+            .any(|var| wanted.iter().any(|w| w.as_slice() == var));
+        if names_root && alive(pid) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            found += 1;
+        }
+    }
+    found
 }
 
 /// The kernel start time of `pid` (field 22 of /proc/<pid>/stat).

@@ -1,0 +1,270 @@
+//! `psm verify`: the seed's monitoring-verifier, run before start-up. Each
+//! check passes, warns or fails with a one-line reason; `--fix` repairs what
+//! it safely can (dead records, a missing coordinator) and checks again.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fs2::FileExt;
+use serde::Serialize;
+
+use crate::config::{Config, HealthSpec};
+use crate::coordinator::COORDINATOR_NAME;
+use crate::paths::Paths;
+use crate::process::{Identity, ProcInfo};
+use crate::registry::{Registry, ServiceKey, Store};
+use crate::schedule;
+use crate::time::now_millis;
+use crate::watchdog::{self, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub level: Level,
+    pub reason: String,
+}
+
+fn finding(check: &'static str, level: Level, reason: impl Into<String>) -> Finding {
+    Finding {
+        check,
+        level,
+        reason: reason.into(),
+    }
+}
+
+/// How long the registry lock may take before the check fails.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs every check. `home` locates the scheduler files of the watchdog.
+pub fn verify(paths: &Paths, config_path: &Path, home: Option<&Path>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let registry = check_registry(paths, &mut out);
+    let config = check_config(config_path, &mut out);
+    check_writable(paths, &mut out);
+    if let Some(reg) = &registry {
+        check_coordinator(reg, &mut out);
+        check_records(reg, &mut out);
+        if let Some(cfg) = &config {
+            check_ports(reg, cfg, &mut out);
+        }
+    }
+    out.push(match home {
+        Some(home)
+            if !schedule::installed_files(schedule::Format::native(), paths, home).is_empty() =>
+        {
+            finding("watchdog", Level::Pass, "scheduled")
+        }
+        _ => finding(
+            "watchdog",
+            Level::Warn,
+            "not scheduled; run `psm watchdog install` so a dead coordinator is replaced",
+        ),
+    });
+    out
+}
+
+fn check_registry(paths: &Paths, out: &mut Vec<Finding>) -> Option<Registry> {
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(paths.registry_lock());
+    let lock = match lock {
+        Ok(f) => f,
+        Err(e) => {
+            out.push(finding(
+                "registry",
+                Level::Fail,
+                format!("cannot open the lock file: {e}"),
+            ));
+            return None;
+        }
+    };
+    let start = Instant::now();
+    while FileExt::try_lock_shared(&lock).is_err() {
+        if start.elapsed() > LOCK_WAIT {
+            out.push(finding(
+                "registry",
+                Level::Fail,
+                format!(
+                    "lock not obtained within {}s: a writer is stuck",
+                    LOCK_WAIT.as_secs()
+                ),
+            ));
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let waited = start.elapsed();
+    let _ = FileExt::unlock(&lock);
+    match Store::new(paths.clone()).read() {
+        Ok(reg) => {
+            out.push(finding(
+                "registry",
+                Level::Pass,
+                format!(
+                    "parses ({} services); lock obtained in {}ms",
+                    reg.service_count(),
+                    waited.as_millis()
+                ),
+            ));
+            Some(reg)
+        }
+        Err(e) => {
+            out.push(finding(
+                "registry",
+                Level::Fail,
+                format!("{:#}", anyhow::Error::from(e)),
+            ));
+            None
+        }
+    }
+}
+
+fn check_config(path: &Path, out: &mut Vec<Finding>) -> Option<Config> {
+    if !path.exists() {
+        out.push(finding(
+            "config",
+            Level::Warn,
+            format!(
+                "{} not found: the coordinator runs no services",
+                path.display()
+            ),
+        ));
+        return Some(Config::empty());
+    }
+    match Config::load(path) {
+        Ok(c) => {
+            out.push(finding(
+                "config",
+                Level::Pass,
+                format!("{} services", c.services.len()),
+            ));
+            Some(c)
+        }
+        Err(e) => {
+            out.push(finding("config", Level::Fail, e.to_string()));
+            None
+        }
+    }
+}
+
+fn check_writable(paths: &Paths, out: &mut Vec<Finding>) {
+    for (name, dir) in [
+        ("root", paths.root().to_path_buf()),
+        ("logs", paths.logs_dir()),
+    ] {
+        let probe = dir.join(format!(".psm-verify-{}", std::process::id()));
+        let result = std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(&dir)
+            .and_then(|()| std::fs::write(&probe, b"x"))
+            .and_then(|()| std::fs::remove_file(&probe));
+        out.push(match result {
+            Ok(()) => finding(name, Level::Pass, format!("{} is writable", dir.display())),
+            Err(e) => finding(
+                name,
+                Level::Fail,
+                format!("{} is not writable: {e}", dir.display()),
+            ),
+        });
+    }
+}
+
+fn check_coordinator(reg: &Registry, out: &mut Vec<Finding>) {
+    let record = reg.get(&ServiceKey::global(COORDINATOR_NAME));
+    let observed = record.and_then(|r| r.pid).and_then(ProcInfo::read);
+    let j = watchdog::judge(record, observed, now_millis(), watchdog::DEFAULT_MAX_AGE);
+    out.push(match j.verdict {
+        Verdict::Ok => finding("coordinator", Level::Pass, j.reason),
+        v => finding(
+            "coordinator",
+            Level::Fail,
+            format!("{v}: {}; start it with `psm up`", j.reason),
+        ),
+    });
+}
+
+fn check_records(reg: &Registry, out: &mut Vec<Finding>) {
+    let dead: Vec<String> = reg
+        .services()
+        .filter(|(_, r)| r.pid.is_some() && !r.is_alive())
+        .map(|(k, _)| k.to_string())
+        .collect();
+    out.push(if dead.is_empty() {
+        finding("dead records", Level::Pass, "none")
+    } else {
+        finding(
+            "dead records",
+            Level::Fail,
+            format!(
+                "{} record(s) of gone processes ({}); `psm cleanup` removes them",
+                dead.len(),
+                dead.join(", ")
+            ),
+        )
+    });
+    let mut by_identity: HashMap<Identity, Vec<String>> = HashMap::new();
+    for (key, r) in reg.services() {
+        if let Some(id) = r.identity().filter(|_| r.is_alive()) {
+            by_identity.entry(id).or_default().push(key.to_string());
+        }
+    }
+    let dups: Vec<String> = by_identity
+        .into_iter()
+        .filter(|(_, keys)| keys.len() > 1)
+        .map(|(id, keys)| format!("pid {} as {}", id.pid, keys.join(" and ")))
+        .collect();
+    out.push(if dups.is_empty() {
+        finding("duplicates", Level::Pass, "none")
+    } else {
+        finding(
+            "duplicates",
+            Level::Fail,
+            format!("one process recorded twice: {}", dups.join("; ")),
+        )
+    });
+}
+
+fn check_ports(reg: &Registry, cfg: &Config, out: &mut Vec<Finding>) {
+    for spec in &cfg.services {
+        let Some(HealthSpec::Port { host, port }) = &spec.health else {
+            continue;
+        };
+        let own_running = reg
+            .services()
+            .any(|(k, r)| k.name == spec.name && r.is_alive());
+        let level_reason = if own_running {
+            (
+                Level::Pass,
+                format!("{host}:{port} held by {} (running)", spec.name),
+            )
+        } else {
+            match std::net::TcpListener::bind((host.as_str(), *port)) {
+                Ok(_) => (Level::Pass, format!("{host}:{port} free for {}", spec.name)),
+                Err(e) => (
+                    Level::Fail,
+                    format!(
+                        "{host}:{port} is taken by another process ({e}); {} could not listen",
+                        spec.name
+                    ),
+                ),
+            }
+        };
+        out.push(finding("port", level_reason.0, level_reason.1));
+    }
+}

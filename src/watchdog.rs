@@ -1,0 +1,346 @@
+//! The watchdog: one synchronous check of the coordinator, then exit.
+//!
+//! Deliberately simpler than what it watches (Erlang's `heart`, launchd's
+//! `StartInterval`): no actors, no threads. launchd or a systemd timer runs
+//! it every 60 s. It reads the coordinator's record under the shared lock,
+//! decides with a pure function ([`judge`]), and only when the verdict is not
+//! `ok` acts:
+//! - a coordinator whose identity matches is killed with SIGKILL, never
+//!   SIGTERM: SIGTERM means "stop every service", and a hung coordinator's
+//!   services should keep running and be adopted by its successor;
+//! - a process that merely reused the coordinator's pid is never signalled;
+//! - a new coordinator is started with the config recorded in the old one's
+//!   metadata; its own lock makes a second coordinator impossible, so the
+//!   watchdog never works around it;
+//! - the restart (count, reason, time) is recorded in the coordinator's record.
+//!
+//! One line per check is appended to `.logs/system-watchdog.log`.
+
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::coordinator::{self, COORDINATOR_NAME};
+use crate::paths::Paths;
+use crate::process::{signal_tree, Identity, ProcInfo};
+use crate::registry::{ServiceKey, ServiceRecord, Store, StoreError};
+use crate::time::now_millis;
+
+/// Default heartbeat age beyond which the coordinator counts as hung.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
+/// How long to wait for the registry lock before reading without it.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+/// How long to wait for a new coordinator's heartbeat.
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
+
+/// What the watchdog concluded about the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Ok,
+    NotRegistered,
+    PidDead,
+    WrongProcess,
+    StaleHealth,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(Value::as_str).unwrap_or("?"))
+    }
+}
+
+/// The verdict with its reason, in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+/// Decides from what was observed: the coordinator's record, what the kernel
+/// says about its pid right now, the current time and the allowed heartbeat age.
+pub fn judge(
+    record: Option<&ServiceRecord>,
+    observed: Option<ProcInfo>,
+    now: u64,
+    max_age: Duration,
+) -> Judgement {
+    let j = |verdict, reason: String| Judgement { verdict, reason };
+    let Some(record) = record else {
+        return j(
+            Verdict::NotRegistered,
+            "no coordinator record in the registry".into(),
+        );
+    };
+    let Some(pid) = record.pid else {
+        return j(
+            Verdict::NotRegistered,
+            "the coordinator record has no pid".into(),
+        );
+    };
+    let Some(info) = observed.filter(|i| !i.zombie) else {
+        return j(Verdict::PidDead, format!("pid {pid} is not running"));
+    };
+    if record.pid_start_time != Some(info.start_time) {
+        return j(
+            Verdict::WrongProcess,
+            format!("pid {pid} now belongs to another process (start time differs)"),
+        );
+    }
+    let age = Duration::from_millis(now.saturating_sub(record.last_health_check));
+    if age > max_age {
+        return j(
+            Verdict::StaleHealth,
+            format!(
+                "last heartbeat {} ago (max {})",
+                humantime::format_duration(Duration::from_millis(age.as_millis() as u64)),
+                humantime::format_duration(max_age)
+            ),
+        );
+    }
+    j(
+        Verdict::Ok,
+        format!("pid {pid} alive, heartbeat {}ms ago", age.as_millis()),
+    )
+}
+
+/// The outcome of one watchdog run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub judgement: Judgement,
+    /// What the watchdog did about it.
+    pub action: String,
+    /// True when the coordinator is healthy now (was, or was recovered).
+    pub ok: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs one check and, if needed, one recovery. `config` is used when the
+/// coordinator's record does not name its config.
+pub fn check(paths: &Paths, config: PathBuf, max_age: Duration) -> Result<Report, WatchdogError> {
+    let store = Store::new(paths.clone());
+    let key = ServiceKey::global(COORDINATOR_NAME);
+    // A coordinator stopped while writing holds the registry lock: do not
+    // wait on it forever; that coordinator is exactly what we are here for.
+    let record = store.read_within(LOCK_PATIENCE)?.get(&key).cloned();
+    let observed = record.as_ref().and_then(|r| r.pid).and_then(ProcInfo::read);
+    let judgement = judge(record.as_ref(), observed, now_millis(), max_age);
+    let report = if judgement.verdict == Verdict::Ok {
+        Report {
+            judgement,
+            action: "none".into(),
+            ok: true,
+        }
+    } else {
+        recover(paths, &store, record.as_ref(), judgement, config)?
+    };
+    log_line(paths, &report);
+    Ok(report)
+}
+
+fn recover(
+    paths: &Paths,
+    store: &Store,
+    record: Option<&ServiceRecord>,
+    judgement: Judgement,
+    default_config: PathBuf,
+) -> Result<Report, WatchdogError> {
+    let mut actions = Vec::new();
+    // Only a hung coordinator is still there to end, and only if it is the
+    // very process recorded (`wrong_process` means a stranger has the pid).
+    if judgement.verdict == Verdict::StaleHealth {
+        if let Some(identity) = record.and_then(ServiceRecord::identity) {
+            if signal_tree(identity, None, Signal::SIGKILL) {
+                actions.push(format!("killed hung coordinator pid {}", identity.pid));
+                wait_gone(identity);
+            }
+        }
+    }
+    let config = record
+        .and_then(|r| r.metadata.get("config"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .unwrap_or(default_config);
+    let started = now_millis();
+    let spawned = coordinator::spawn_background(paths, &config);
+    let healthy = match &spawned {
+        Ok(pid) => {
+            actions.push(format!("started coordinator pid {pid}"));
+            wait_heartbeat(store, started)
+        }
+        Err(e) => {
+            actions.push(format!("could not start a coordinator: {e}"));
+            None
+        }
+    };
+    let ok = healthy.is_some();
+    if let Some(pid) = healthy {
+        actions.push(format!("coordinator pid {pid} healthy"));
+        record_restart(store, &judgement)?;
+    } else if spawned.is_ok() {
+        actions.push(format!(
+            "no heartbeat within {}s; see {}",
+            RECOVERY_WAIT.as_secs(),
+            paths.coordinator_log().display()
+        ));
+    }
+    Ok(Report {
+        judgement,
+        action: actions.join("; "),
+        ok,
+    })
+}
+
+/// SIGKILL is not instant for a stopped or exiting process; give it 2 s.
+fn wait_gone(identity: Identity) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while identity.is_alive() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a live coordinator whose heartbeat is newer than `since`.
+fn wait_heartbeat(store: &Store, since: u64) -> Option<i32> {
+    let key = ServiceKey::global(COORDINATOR_NAME);
+    let deadline = Instant::now() + RECOVERY_WAIT;
+    while Instant::now() < deadline {
+        if let Ok(reg) = store.read_within(LOCK_PATIENCE) {
+            if let Some(r) = reg.get(&key) {
+                if r.last_health_check >= since && r.is_alive() {
+                    return r.pid;
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Counts the restart in the coordinator's record; the coordinator keeps
+/// metadata it did not write, so the count survives its heartbeats.
+fn record_restart(store: &Store, judgement: &Judgement) -> Result<(), WatchdogError> {
+    let key = ServiceKey::global(COORDINATOR_NAME);
+    store.update_if(|reg| {
+        let Some(r) = reg.get_mut(&key) else {
+            return Ok::<_, StoreError>(((), false));
+        };
+        let count = r.metadata.get("watchdogRestarts").and_then(Value::as_u64).unwrap_or(0) + 1;
+        r.metadata.insert("watchdogRestarts".into(), Value::from(count));
+        r.metadata.insert(
+            "lastWatchdogRestart".into(),
+            json!({ "time": now_millis(), "verdict": judgement.verdict, "reason": judgement.reason }),
+        );
+        Ok(((), true))
+    })?;
+    Ok(())
+}
+
+/// One line per check: timestamp, verdict, reason, action.
+fn log_line(paths: &Paths, report: &Report) {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let line = format!(
+        "{stamp} verdict={} reason={:?} action={:?}\n",
+        report.judgement.verdict, report.judgement.reason, report.action
+    );
+    // A log that cannot be written must not stop the recovery it describes.
+    if let Ok(mut f) = crate::process::open_log(&paths.watchdog_log()) {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Scope;
+
+    const NOW: u64 = 1_000_000;
+    const MAX: Duration = Duration::from_secs(120);
+
+    fn record(pid: Option<i32>, start: u64, beat: u64) -> ServiceRecord {
+        let mut r = ServiceRecord::new(
+            &Scope::Global,
+            "psm coordinator",
+            Identity {
+                pid: 1234,
+                start_time: start,
+            },
+            0,
+        );
+        r.pid = pid;
+        r.last_health_check = beat;
+        r
+    }
+
+    fn info(start: u64, zombie: bool) -> Option<ProcInfo> {
+        Some(ProcInfo {
+            start_time: start,
+            pgid: 1234,
+            zombie,
+        })
+    }
+
+    #[test]
+    fn verdict_table() {
+        let fresh = NOW - 1_000;
+        let stale = NOW - 121_000;
+        let table: Vec<(Option<ServiceRecord>, Option<ProcInfo>, Verdict)> = vec![
+            (None, None, Verdict::NotRegistered),
+            (Some(record(None, 7, fresh)), None, Verdict::NotRegistered),
+            (Some(record(Some(1234), 7, fresh)), None, Verdict::PidDead),
+            (
+                Some(record(Some(1234), 7, fresh)),
+                info(7, true),
+                Verdict::PidDead,
+            ),
+            (
+                Some(record(Some(1234), 7, fresh)),
+                info(8, false),
+                Verdict::WrongProcess,
+            ),
+            (
+                Some(record(Some(1234), 7, stale)),
+                info(8, false),
+                Verdict::WrongProcess,
+            ),
+            (
+                Some(record(Some(1234), 7, stale)),
+                info(7, false),
+                Verdict::StaleHealth,
+            ),
+            (
+                Some(record(Some(1234), 7, fresh)),
+                info(7, false),
+                Verdict::Ok,
+            ),
+            (
+                Some(record(Some(1234), 7, NOW + 5)),
+                info(7, false),
+                Verdict::Ok,
+            ),
+        ];
+        for (i, (rec, observed, expected)) in table.into_iter().enumerate() {
+            let j = judge(rec.as_ref(), observed, NOW, MAX);
+            assert_eq!(j.verdict, expected, "row {i}: {}", j.reason);
+            assert!(!j.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn verdicts_print_in_snake_case() {
+        assert_eq!(Verdict::StaleHealth.to_string(), "stale_health");
+        assert_eq!(Verdict::NotRegistered.to_string(), "not_registered");
+    }
+}

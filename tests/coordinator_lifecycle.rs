@@ -1,0 +1,504 @@
+//! The coordinator's supervision, black-box: crash loops back off and give
+//! up, stable runs reset the count, killed and unhealthy services come back,
+//! `stop` and `down` take grandchildren with them, and `reload` (or SIGHUP)
+//! touches only what changed. Every child is a small `sh` script that records
+//! its runs in files under the temp root; assertions are on those files and
+//! on the registry, with lower bounds only where time matters.
+
+mod support;
+
+use std::thread;
+use std::time::Duration;
+
+use support::{alive, start_time, stderr, wait_for, wait_until, Root};
+
+/// Generous: the suite runs in parallel with other test binaries on 2 cores.
+const LONG: Duration = Duration::from_secs(20);
+
+/// The non-empty lines of a file the children write.
+fn lines(root: &Root, name: &str) -> Vec<String> {
+    root.read(name)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The pids a script appended (one per line, first word) to `name`.
+fn pids_in(root: &Root, name: &str) -> Vec<i32> {
+    lines(root, name)
+        .iter()
+        .map(|l| {
+            let word = l.split_whitespace().next().unwrap_or("");
+            word.parse()
+                .unwrap_or_else(|_| panic!("{name}: not a pid: {l:?}"))
+        })
+        .collect()
+}
+
+/// The registry's `restartCount` of a global service.
+fn restart_count(root: &Root, name: &str) -> Option<u64> {
+    root.global(name)["restartCount"].as_u64()
+}
+
+fn status_of(root: &Root, name: &str) -> Option<String> {
+    root.global(name)["status"].as_str().map(String::from)
+}
+
+/// The pid of global service `name` once it runs under a pid other than `old`.
+fn new_pid(root: &Root, name: &str, old: i32) -> i32 {
+    let mut pid = 0;
+    wait_until(
+        LONG,
+        &format!("{name} running with a pid other than {old}"),
+        || {
+            let r = root.global(name);
+            match (r["status"].as_str(), r["pid"].as_i64()) {
+                (Some("running"), Some(p)) if p as i32 != old && alive(p as i32) => {
+                    pid = p as i32;
+                    Ok(())
+                }
+                _ => Err(r),
+            }
+        },
+    );
+    pid
+}
+
+fn wait_dead(pid: i32, what: &str) {
+    wait_for(LONG, &format!("{what} (pid {pid}) dead"), || !alive(pid));
+}
+
+/// `[[service]]` entries for global services, each `(name, command args)`.
+fn services_toml(services: &[(&str, &str)]) -> String {
+    services
+        .iter()
+        .map(|(name, command)| {
+            format!("\n[[service]]\nname = \"{name}\"\ntype = \"global\"\ncommand = {command}\n")
+        })
+        .collect()
+}
+
+/// A crash-looping service runs exactly 6 times, each start at least its
+/// backoff after the previous one, then is `failed`; `psm restart` runs it
+/// again with its count reset.
+#[test]
+fn crash_loop_backs_off_gives_up_and_restart_resets_it() {
+    let root = Root::new();
+    root.script("crash.sh", "date +%s%N >> runs\nexit 1");
+    root.write_config(
+        r#"health-interval = "100ms"
+[restart]
+base = "50ms"
+max = "1s"
+attempts = 5
+
+[[service]]
+name = "crash"
+type = "global"
+command = ["sh", "crash.sh"]
+"#,
+    );
+    root.up();
+    wait_until(LONG, "crash to be failed", || {
+        let r = root.global("crash");
+        if r["status"] == "failed" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+
+    let stamps: Vec<u128> = lines(&root, "runs")
+        .iter()
+        .map(|l| {
+            l.parse()
+                .unwrap_or_else(|_| panic!("runs: not a `date +%s%N` stamp: {l:?}"))
+        })
+        .collect();
+    assert_eq!(stamps.len(), 6, "runs before giving up: {stamps:?}");
+    for (k, pair) in stamps.windows(2).enumerate() {
+        let gap_ms = (pair[1] - pair[0]) as f64 / 1e6;
+        let backoff_ms = (50u64 << k) as f64;
+        assert!(
+            gap_ms >= backoff_ms,
+            "restart {} came {gap_ms:.1} ms after the previous run, less than its {backoff_ms} ms backoff; stamps {stamps:?}",
+            k + 1
+        );
+    }
+    let given_up_at = restart_count(&root, "crash").expect("restartCount when failed");
+
+    thread::sleep(Duration::from_millis(2500)); // proves no 7th run happens: 2.5x the 1 s cap on any backoff
+    assert_eq!(lines(&root, "runs").len(), 6, "a failed service ran again");
+    assert_eq!(status_of(&root, "crash").as_deref(), Some("failed"));
+
+    root.ok(&["restart", "crash"]);
+    wait_until(LONG, "a 7th run with restartCount reset", || {
+        let runs = lines(&root, "runs").len();
+        let count = restart_count(&root, "crash");
+        if runs >= 7 && count.is_some_and(|c| c < given_up_at) {
+            Ok(())
+        } else {
+            Err((runs, count, given_up_at))
+        }
+    });
+}
+
+/// A service that crashes only after running longer than `stable-after` has
+/// its failure count reset each time, so it is never given up on.
+#[test]
+fn runs_longer_than_stable_after_reset_the_count() {
+    let root = Root::new();
+    root.script("flaky.sh", "echo $$ >> runs\nsleep 0.3\nexit 1");
+    root.write_config(
+        r#"health-interval = "100ms"
+[restart]
+base = "50ms"
+max = "1s"
+attempts = 2
+stable-after = "100ms"
+
+[[service]]
+name = "flaky"
+type = "global"
+command = ["sh", "flaky.sh"]
+"#,
+    );
+    root.up();
+    // Without the reset, attempts = 2 means `failed` after the 3rd run.
+    wait_until(LONG, "more than 4 runs", || {
+        let r = root.global("flaky");
+        assert_ne!(r["status"], "failed", "given up despite stable runs: {r}");
+        let count = r["restartCount"].as_u64().unwrap_or(0);
+        assert!(count <= 1, "count not reset by a stable run: {r}");
+        let runs = lines(&root, "runs").len();
+        if runs > 4 {
+            Ok(())
+        } else {
+            Err((runs, r))
+        }
+    });
+    assert_ne!(status_of(&root, "flaky").as_deref(), Some("failed"));
+}
+
+/// A service killed with SIGKILL is started again under a new pid, and the
+/// registry records the new process.
+#[test]
+fn a_killed_service_gets_a_new_pid_in_the_registry() {
+    let root = Root::new();
+    root.script("svc.sh", "echo $$ >> pids\nexec sleep 1000");
+    root.write_config(
+        r#"health-interval = "100ms"
+[restart]
+base = "50ms"
+
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "svc.sh"]
+"#,
+    );
+    root.up();
+    let first = root.service_pid("svc");
+    assert_eq!(pids_in(&root, "pids"), [first]);
+
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    let second = new_pid(&root, "svc", first);
+    assert!(!alive(first));
+    assert_eq!(pids_in(&root, "pids"), [first, second]);
+    let r = root.global("svc");
+    assert_eq!(r["pidStartTime"].as_u64(), start_time(second), "{r}");
+    assert_eq!(r["restartCount"], 1, "{r}");
+}
+
+/// A service whose port probe fails (nothing listens) is killed and restarted.
+#[test]
+fn a_failing_port_probe_restarts_the_service() {
+    let root = Root::new();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }; // dropped: nothing listens on it any more
+    root.script("svc.sh", "echo $$ >> pids\nexec sleep 1000");
+    root.write_config(&format!(
+        r#"health-interval = "50ms"
+[restart]
+base = "50ms"
+
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "svc.sh"]
+health = {{ port = {port} }}
+"#
+    ));
+    root.up();
+    wait_until(LONG, "a restart after failed port probes", || {
+        let pids = pids_in(&root, "pids");
+        let count = restart_count(&root, "svc");
+        if pids.len() >= 2 && count.is_some_and(|c| c > 0) {
+            Ok(())
+        } else {
+            Err((pids, count))
+        }
+    });
+    let first = pids_in(&root, "pids")[0];
+    wait_dead(first, "the unhealthy first run");
+}
+
+/// A service that touches its health file once and then never again is
+/// killed and restarted once the file is older than `max-age`.
+#[test]
+fn a_stale_health_file_restarts_the_service() {
+    let root = Root::new();
+    root.script("svc.sh", "echo $$ >> pids\ntouch beat\nexec sleep 1000");
+    root.write_config(
+        r#"health-interval = "50ms"
+[restart]
+base = "50ms"
+
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "svc.sh"]
+health = { file = "beat", max-age = "200ms" }
+"#,
+    );
+    root.up();
+    wait_until(LONG, "a restart after the health file went stale", || {
+        let pids = pids_in(&root, "pids");
+        let count = restart_count(&root, "svc");
+        if pids.len() >= 2 && count.is_some_and(|c| c > 0) {
+            Ok(())
+        } else {
+            Err((pids, count))
+        }
+    });
+    let first = pids_in(&root, "pids")[0];
+    wait_dead(first, "the stale first run");
+}
+
+/// A service that keeps touching its health file passes its checks and is
+/// never restarted.
+#[test]
+fn a_fresh_health_file_keeps_the_service_running() {
+    let root = Root::new();
+    root.script(
+        "svc.sh",
+        "echo $$ >> pids\nwhile :; do touch beat; sleep 0.05; done",
+    );
+    root.write_config(
+        r#"health-interval = "50ms"
+[restart]
+base = "50ms"
+
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "svc.sh"]
+start-period = "500ms"
+health = { file = "beat", max-age = "1s" }
+"#,
+    );
+    root.up();
+    let pid = root.service_pid("svc");
+    let started = root.global("svc")["startTime"].as_u64().expect("startTime");
+    // Checks keep passing (each stamps lastHealthCheck) for 2 s: several
+    // max-ages and well past the start period.
+    wait_until(LONG, "passing health checks 2 s after the start", || {
+        let r = root.global("svc");
+        match r["lastHealthCheck"].as_u64() {
+            Some(t) if t >= started + 2000 => Ok(()),
+            _ => Err(r),
+        }
+    });
+    let r = root.global("svc");
+    assert_eq!(pids_in(&root, "pids"), [pid], "restarted: {r}");
+    assert_eq!(r["pid"], pid, "{r}");
+    assert_eq!(r["status"], "running", "{r}");
+    assert_eq!(r["restartCount"], 0, "{r}");
+    assert!(alive(pid));
+}
+
+/// `psm stop` ends a service and its grandchild and records it `stopped`;
+/// `psm start` brings it back; `psm down` ends every service, grandchildren
+/// included, and the coordinator, leaving no record of either.
+#[test]
+fn stop_and_down_take_grandchildren_with_them() {
+    let root = Root::new();
+    root.script(
+        "svc.sh",
+        "sleep 1000 &\necho $! >> grandchildren\necho $$ >> pids\nexec sleep 1000",
+    );
+    root.write_config(
+        r#"health-interval = "100ms"
+
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "svc.sh"]
+
+[[service]]
+name = "other"
+type = "global"
+command = ["sh", "-c", "exec sleep 1000"]
+"#,
+    );
+    let coordinator = root.up();
+    let first = root.service_pid("svc");
+    let other = root.service_pid("other");
+    wait_for(LONG, "first grandchild pid", || {
+        pids_in(&root, "grandchildren").len() == 1
+    });
+    let grandchild = pids_in(&root, "grandchildren")[0];
+    assert!(alive(grandchild));
+
+    root.ok(&["stop", "svc"]);
+    wait_dead(first, "stopped service");
+    wait_dead(grandchild, "stopped service's grandchild");
+    wait_until(LONG, "svc recorded as stopped", || {
+        match status_of(&root, "svc").as_deref() {
+            Some("stopped") => Ok(()),
+            _ => Err(root.global("svc")),
+        }
+    });
+    assert!(alive(other), "stopping svc ended another service");
+
+    root.ok(&["start", "svc"]);
+    let second = new_pid(&root, "svc", first);
+    wait_for(LONG, "second grandchild pid", || {
+        pids_in(&root, "grandchildren").len() == 2
+    });
+    let grandchild2 = pids_in(&root, "grandchildren")[1];
+    assert!(alive(grandchild2));
+
+    root.ok(&["down"]);
+    for (pid, what) in [
+        (second, "service"),
+        (grandchild2, "grandchild"),
+        (other, "other service"),
+        (coordinator, "coordinator"),
+    ] {
+        wait_dead(pid, what);
+    }
+    let reg = root.registry();
+    let global = reg["services"]["global"].as_object();
+    assert!(
+        global.is_none_or(|g| !g.contains_key("global-service-coordinator")),
+        "coordinator record left after down: {reg}"
+    );
+    assert!(
+        global.is_none_or(|g| g.is_empty()),
+        "service records left after down: {reg}"
+    );
+    for scope in ["projects", "sessions"] {
+        let empty = reg["services"][scope].as_object().is_none_or(|m| {
+            m.values()
+                .all(|v| v.as_object().is_none_or(|s| s.is_empty()))
+        });
+        assert!(empty, "{scope} records left after down: {reg}");
+    }
+}
+
+/// `psm reload` keeps unchanged services, restarts changed ones, ends removed
+/// ones and starts added ones; a broken config is refused with exit 1 and one
+/// line, and changes nothing.
+#[test]
+fn reload_touches_only_what_changed() {
+    let root = Root::new();
+    root.script("svc.sh", "echo \"$$ $*\" >> \"$1.runs\"\nexec sleep 1000");
+    let header = "health-interval = \"100ms\"\n";
+    root.write_config(
+        &(header.to_string()
+            + &services_toml(&[
+                ("a", r#"["sh", "svc.sh", "a"]"#),
+                ("b", r#"["sh", "svc.sh", "b"]"#),
+                ("c", r#"["sh", "svc.sh", "c"]"#),
+            ])),
+    );
+    root.up();
+    let (a, b, c) = (
+        root.service_pid("a"),
+        root.service_pid("b"),
+        root.service_pid("c"),
+    );
+
+    // A broken config: refused, and the running services stay as they are.
+    root.write_config(&(header.to_string() + "[[service]]\nname = \"a\"\ncolour = 1\n"));
+    let out = root.psm(&["reload"]);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "reload of a broken config: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "want one stderr line, got: {err:?}");
+    for (name, pid) in [("a", a), ("b", b), ("c", c)] {
+        assert!(alive(pid), "{name} ended by a refused reload");
+        assert_eq!(
+            root.global(name)["pid"],
+            pid,
+            "{name} changed by a refused reload"
+        );
+    }
+
+    root.write_config(
+        &(header.to_string()
+            + &services_toml(&[
+                ("a", r#"["sh", "svc.sh", "a"]"#),
+                ("b", r#"["sh", "svc.sh", "b", "v2"]"#),
+                ("d", r#"["sh", "svc.sh", "d"]"#),
+            ])),
+    );
+    root.ok(&["reload"]);
+
+    let b2 = new_pid(&root, "b", b);
+    wait_dead(b, "b's old process");
+    assert_eq!(
+        lines(&root, "b.runs").last().map(String::as_str),
+        Some(format!("{b2} b v2").as_str()),
+        "b's new process runs the new command"
+    );
+    wait_dead(c, "removed service c");
+    wait_until(LONG, "c's record gone", || {
+        let r = root.global("c");
+        if r.is_null() {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    let d = root.service_pid("d");
+    assert!(alive(d));
+    assert_eq!(pids_in(&root, "d.runs"), [d]);
+
+    assert_eq!(root.global("a")["pid"], a, "unchanged a was restarted");
+    assert!(alive(a));
+    assert_eq!(pids_in(&root, "a.runs"), [a], "unchanged a ran again");
+}
+
+/// SIGHUP to the coordinator reloads its config like `psm reload`.
+#[test]
+fn sighup_reloads_the_config() {
+    let root = Root::new();
+    root.script("svc.sh", "echo $$ >> \"$1.runs\"\nexec sleep 1000");
+    let header = "health-interval = \"100ms\"\n";
+    root.write_config(&(header.to_string() + &services_toml(&[("a", r#"["sh", "svc.sh", "a"]"#)])));
+    let coordinator = root.up();
+    let a = root.service_pid("a");
+
+    root.write_config(
+        &(header.to_string()
+            + &services_toml(&[
+                ("a", r#"["sh", "svc.sh", "a"]"#),
+                ("e", r#"["sh", "svc.sh", "e"]"#),
+            ])),
+    );
+    unsafe { libc::kill(coordinator, libc::SIGHUP) };
+    let e = root.service_pid("e");
+    assert_eq!(pids_in(&root, "e.runs"), [e]);
+    assert!(alive(coordinator), "SIGHUP ended the coordinator");
+    assert_eq!(root.global("a")["pid"], a, "unchanged a was restarted");
+    assert_eq!(pids_in(&root, "a.runs"), [a]);
+}
