@@ -129,7 +129,7 @@ command = ["sh", "crash.sh"]
     }
     let given_up_at = restart_count(&root, "crash").expect("restartCount when failed");
 
-    thread::sleep(Duration::from_millis(2500)); // proves no 7th run happens: 2.5x the 1 s cap on any backoff
+    thread::sleep(Duration::from_millis(2500)); // proves a 7th run never happens: 2.5x the 1 s cap on any backoff
     assert_eq!(lines(&root, "runs").len(), 6, "a failed service ran again");
     assert_eq!(status_of(&root, "crash").as_deref(), Some("failed"));
 

@@ -300,7 +300,7 @@ fn coordinator_sigkilled_then_restarted_adopts_without_duplicates() {
             Err(rec)
         }
     });
-    thread::sleep(Duration::from_secs(1)); // proves no duplicate starts: ten health intervals
+    thread::sleep(Duration::from_secs(1)); // proves a duplicate never starts: ten health intervals
     for (n, &p) in names.iter().zip(&pids) {
         let rec = root.global(n);
         assert_eq!(pid_of(&rec), Some(p), "{n} adopted, not restarted: {rec}");
@@ -377,7 +377,7 @@ fn unrecorded_service_is_adopted_not_duplicated() {
             Err(rec)
         }
     });
-    thread::sleep(Duration::from_millis(500)); // proves no twin is started: five health intervals
+    thread::sleep(Duration::from_millis(500)); // proves a twin never starts: five health intervals
     assert_eq!(
         lines(&root, "a.runs"),
         [pid.to_string()],
@@ -527,7 +527,7 @@ command = ["sh", "{base}/proj.sh", "{{project_name}}"]
         }
     });
     assert_eq!(root.read("proj-alpha.cwd").trim(), alpha.to_string_lossy());
-    thread::sleep(Duration::from_millis(500)); // proves an inactive project gets no instance
+    thread::sleep(Duration::from_millis(500)); // proves an inactive project never gets an instance
     assert!(!root.file("proj-beta.pid").exists(), "beta is not active");
     assert!(project_record(&root, &beta, "proj").is_null());
 
@@ -826,7 +826,7 @@ command = ["sh", "talker.sh"]
         format!("psm: already running (pid {coordinator})")
     );
     assert_eq!(root.coordinator_pid(), Some(coordinator));
-    thread::sleep(Duration::from_millis(500)); // proves no duplicate starts: five health intervals
+    thread::sleep(Duration::from_millis(500)); // proves a duplicate never starts: five health intervals
     assert_eq!(
         root.service_pid("talker"),
         talker,

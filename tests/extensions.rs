@@ -128,6 +128,6 @@ options = { every = "50ms" }
     wait_for(Duration::from_secs(5), "record removed", || {
         root.global("tick").is_null()
     });
-    std::thread::sleep(Duration::from_millis(300)); // proves no run happens after stop
+    std::thread::sleep(Duration::from_millis(300)); // proves a run never happens after stop
     assert_eq!(root.read("ticks").lines().count(), after_stop);
 }
