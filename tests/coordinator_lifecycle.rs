@@ -502,3 +502,29 @@ fn sighup_reloads_the_config() {
     assert_eq!(root.global("a")["pid"], a, "unchanged a was restarted");
     assert_eq!(pids_in(&root, "a.runs"), [a]);
 }
+
+/// `down` leaves no record of the coordinator's behind, not even of a
+/// service the user had stopped.
+#[test]
+fn down_removes_stopped_records_too() {
+    let root = Root::new();
+    root.script("svc.sh", "exec sleep 1000");
+    root.write_config(&format!(
+        "health-interval = \"100ms\"\n{}",
+        services_toml(&[
+            ("kept", r#"["sh", "svc.sh"]"#),
+            ("halted", r#"["sh", "svc.sh"]"#)
+        ])
+    ));
+    root.up();
+    root.service_pid("kept");
+    root.service_pid("halted");
+    root.ok(&["stop", "halted"]);
+    assert_eq!(status_of(&root, "halted").as_deref(), Some("stopped"));
+    root.ok(&["down"]);
+    let reg = root.registry();
+    assert!(
+        reg["services"]["global"].as_object().unwrap().is_empty(),
+        "records left after down: {reg}"
+    );
+}

@@ -559,6 +559,18 @@ impl CoordinatorActor {
                         .cloned()
                         .collect();
                     let unchanged = act.services.len() - removed.len() - changed.len();
+                    // A stopped service the config no longer has: forget it.
+                    let forgotten: Vec<ServiceKey> = act
+                        .user_stopped
+                        .iter()
+                        .filter(|k| !desired.contains_key(k))
+                        .cloned()
+                        .collect();
+                    for key in forgotten {
+                        act.user_stopped.remove(&key);
+                        act.registry
+                            .do_send(Persist(RegistryOp::Remove { key, pid: None }));
+                    }
                     let summary = format!(
                         "reloaded: {} added, {} removed, {} changed, {} unchanged",
                         added.len(),
@@ -591,6 +603,10 @@ impl CoordinatorActor {
         info!(services = self.services.len(), "stopping every service");
         let keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
         let registry = self.registry.clone();
+        // `down` leaves no record of ours behind, `stopped` ones included.
+        for key in self.user_stopped.drain() {
+            registry.do_send(Persist(RegistryOp::Remove { key, pid: None }));
+        }
         let stops = self.stop_keys(keys, false);
         ctx.spawn(fut::wrap_future(async move {
             stops.await;
