@@ -154,4 +154,117 @@ fn main() {
         "| `psm status --json`, 1,000 records | {} | - |",
         summary(times)
     );
+
+    write_cost(quick);
+    batching(quick);
+}
+
+/// One in-process locked write (`Store::update`: lock, read, parse, apply,
+/// serialize, write, fsync, rename, fsync dir) as the registry grows.
+fn write_cost(quick: bool) {
+    use psm::process::Identity;
+    use psm::registry::{Registry, ServiceKey, ServiceRecord, Store, StoreError};
+    println!();
+    println!("| records in the registry | one in-process write, median (min, max) |");
+    println!("|---|---|");
+    let id = Identity::of(std::process::id() as i32).unwrap();
+    for n in [10usize, 100, 1_000, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(psm::paths::Paths::new(dir.path()));
+        store
+            .update(|reg: &mut Registry| {
+                for i in 0..n {
+                    let key = ServiceKey::global(format!("svc-{i}"));
+                    reg.insert(&key, ServiceRecord::new(&key.scope, "s.sh", id, 1));
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let reps = if quick { 3 } else { 20 };
+        let times = (0..reps)
+            .map(|i| {
+                let start = Instant::now();
+                store
+                    .update(|reg: &mut Registry| {
+                        let key = ServiceKey::global(format!("extra-{i}"));
+                        reg.insert(&key, ServiceRecord::new(&key.scope, "s.sh", id, 1));
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+                start.elapsed()
+            })
+            .collect();
+        println!("| {n} | {} |", summary(times));
+    }
+}
+
+/// The daemon's write batching: N registry changes sent to the
+/// `RegistryActor` at once (as N services starting together do) against N
+/// locked writes one after another.
+fn batching(quick: bool) {
+    use psm::coordinator::registry_actor::{Persist, PersistNow, RegistryActor, RegistryOp};
+    use psm::process::Identity;
+    use psm::registry::{Registry, ServiceKey, ServiceRecord, Store, StoreError};
+    let n = if quick { 50 } else { 200 };
+    let id = Identity::of(std::process::id() as i32).unwrap();
+    let record = move |i: usize| {
+        let key = ServiceKey::global(format!("svc-{i}"));
+        let rec = ServiceRecord::new(&key.scope, "s.sh", id, 1);
+        (key, rec)
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(psm::paths::Paths::new(dir.path()));
+    let start = Instant::now();
+    for i in 0..n {
+        let (key, rec) = record(i);
+        store
+            .update(|reg: &mut Registry| {
+                reg.insert(&key, rec);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
+    let sequential = start.elapsed();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(psm::paths::Paths::new(dir.path()));
+    let system = actix::System::new();
+    let batched = system.block_on(async move {
+        use actix::Actor;
+        let registry = RegistryActor::new(store).start();
+        let start = Instant::now();
+        for i in 0..n {
+            let (key, rec) = record(i);
+            registry.do_send(Persist(RegistryOp::Upsert {
+                key,
+                record: Box::new(rec),
+            }));
+        }
+        // Replies once everything queued before it is on disk.
+        let last = ServiceKey::global("last");
+        registry
+            .send(PersistNow(RegistryOp::Remove {
+                key: last,
+                pid: None,
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        start.elapsed()
+    });
+    let text = std::fs::read_to_string(dir.path().join(".live-process-registry.json")).unwrap();
+    let written: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(written["services"]["global"].as_object().unwrap().len(), n);
+    println!();
+    println!("| {n} registry changes | wall time |");
+    println!("|---|---|");
+    println!(
+        "| one locked write each, in a row | {:.1} ms |",
+        sequential.as_secs_f64() * 1e3
+    );
+    println!(
+        "| through the `RegistryActor` (batched) | {:.1} ms |",
+        batched.as_secs_f64() * 1e3
+    );
 }
