@@ -37,6 +37,19 @@ fn pids_in(root: &Root, name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until `svc` has run twice and the registry counts a restart.
+fn wait_restarted(root: &Root, what: &str) {
+    wait_until(LONG, what, || {
+        let pids = pids_in(root, "pids");
+        let count = restart_count(root, "svc");
+        if pids.len() >= 2 && count.is_some_and(|c| c > 0) {
+            Ok(())
+        } else {
+            Err((pids, count))
+        }
+    });
+}
+
 /// The registry's `restartCount` of a global service.
 fn restart_count(root: &Root, name: &str) -> Option<u64> {
     root.global(name)["restartCount"].as_u64()
@@ -234,15 +247,7 @@ health = {{ port = {port} }}
 "#
     ));
     root.up();
-    wait_until(LONG, "a restart after failed port probes", || {
-        let pids = pids_in(&root, "pids");
-        let count = restart_count(&root, "svc");
-        if pids.len() >= 2 && count.is_some_and(|c| c > 0) {
-            Ok(())
-        } else {
-            Err((pids, count))
-        }
-    });
+    wait_restarted(&root, "a restart after failed port probes");
     let first = pids_in(&root, "pids")[0];
     wait_dead(first, "the unhealthy first run");
 }
@@ -266,15 +271,7 @@ health = { file = "beat", max-age = "200ms" }
 "#,
     );
     root.up();
-    wait_until(LONG, "a restart after the health file went stale", || {
-        let pids = pids_in(&root, "pids");
-        let count = restart_count(&root, "svc");
-        if pids.len() >= 2 && count.is_some_and(|c| c > 0) {
-            Ok(())
-        } else {
-            Err((pids, count))
-        }
-    });
+    wait_restarted(&root, "a restart after the health file went stale");
     let first = pids_in(&root, "pids")[0];
     wait_dead(first, "the stale first run");
 }

@@ -377,6 +377,13 @@ impl ServiceActor {
             self.finish_stop(ctx);
             return;
         };
+        self.signal_stop(run, ctx);
+    }
+
+    /// The stop signal to the run's group now, SIGKILL after the stop
+    /// timeout if that run is still the current one. The exit is handled
+    /// where every exit is: `exited`.
+    fn signal_stop(&self, run: Run, ctx: &mut Context<Self>) {
         signal_tree(
             run.identity,
             Some(run.identity.pid),
@@ -466,17 +473,7 @@ impl Handler<RestartService> for ServiceActor {
         match self.run {
             Some(run) => {
                 self.restart_requested = true;
-                signal_tree(
-                    run.identity,
-                    Some(run.identity.pid),
-                    self.inst.spec.stop_signal,
-                );
-                let generation = run.generation;
-                ctx.run_later(self.inst.spec.stop_timeout, move |act, _| {
-                    if let Some(run) = act.run.filter(|r| r.generation == generation) {
-                        signal_tree(run.identity, Some(run.identity.pid), Signal::SIGKILL);
-                    }
-                });
+                self.signal_stop(run, ctx);
             }
             None => self.spawn(ctx),
         }
