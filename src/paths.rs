@@ -35,7 +35,10 @@ impl Paths {
             Some(p) => std::env::current_dir()?.join(p),
             None => std::env::current_dir()?,
         };
-        Ok(Paths::new(root))
+        // One spelling per root: services carry it in PSM_ROOT, and a new
+        // coordinator recognises them by it. A root that does not exist is
+        // kept as given, so the error can name it.
+        Ok(Paths::new(root.canonicalize().unwrap_or(root)))
     }
 
     pub fn root(&self) -> &Path {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -171,6 +171,7 @@ fn check_writable(paths: &Paths, out: &mut Vec<Finding>) {
         let probe = dir.join(format!(".psm-verify-{}", std::process::id()));
         let result = std::fs::DirBuilder::new()
             .recursive(true)
+            .mode(0o700)
             .create(&dir)
             .and_then(|()| std::fs::write(&probe, b"x"))
             .and_then(|()| std::fs::remove_file(&probe));

@@ -26,7 +26,9 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::coordinator::{self, COORDINATOR_NAME};
+use crate::coordinator::client;
+use crate::coordinator::protocol::Request;
+use crate::coordinator::{self, CoordinatorLock, COORDINATOR_NAME};
 use crate::paths::Paths;
 use crate::process::{signal_tree, Identity, ProcInfo};
 use crate::registry::{ServiceKey, ServiceRecord, Store, StoreError};
@@ -36,6 +38,8 @@ use crate::time::now_millis;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
 /// How long to wait for the registry lock before reading without it.
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a coordinator that holds the lock has to answer a ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for a new coordinator's heartbeat.
 const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 
@@ -44,6 +48,8 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Ok,
+    /// The registry could not be read: nothing can be judged or done safely.
+    Unknown,
     NotRegistered,
     PidDead,
     WrongProcess,
@@ -135,7 +141,29 @@ pub fn check(paths: &Paths, config: PathBuf, max_age: Duration) -> Result<Report
     let key = ServiceKey::global(COORDINATOR_NAME);
     // A coordinator stopped while writing holds the registry lock: do not
     // wait on it forever; that coordinator is exactly what we are here for.
-    let record = store.read_within(LOCK_PATIENCE)?.get(&key).cloned();
+    let registry = match store.read_within(LOCK_PATIENCE) {
+        Ok(r) => r,
+        Err(e) => {
+            let judgement = Judgement {
+                verdict: Verdict::Unknown,
+                reason: format!("{:#}", anyhow::Error::from(e)),
+            };
+            log_line(
+                paths,
+                &Report {
+                    judgement: judgement.clone(),
+                    action: "none: fix the registry first".into(),
+                    ok: false,
+                },
+            );
+            return Ok(Report {
+                judgement,
+                action: "none: fix the registry first".into(),
+                ok: false,
+            });
+        }
+    };
+    let record = registry.get(&key).cloned();
     let observed = record.as_ref().and_then(|r| r.pid).and_then(ProcInfo::read);
     let judgement = judge(record.as_ref(), observed, now_millis(), max_age);
     let report = if judgement.verdict == Verdict::Ok {
@@ -166,6 +194,32 @@ fn recover(
             if signal_tree(identity, None, Signal::SIGKILL) {
                 actions.push(format!("killed hung coordinator pid {}", identity.pid));
                 wait_gone(identity);
+            }
+        }
+    }
+    // A coordinator may hold the lock while its record is missing or stale
+    // (someone edited the registry, or it was started by hand): if it
+    // answers, it is alive and beating soon; if not, it is hung.
+    if let Some(holder) = CoordinatorLock::holder(paths).flatten() {
+        match client::request(paths, &Request::Ping, PING_TIMEOUT) {
+            Ok(r) if r.ok => {
+                return Ok(Report {
+                    judgement,
+                    action: format!(
+                        "coordinator pid {holder} holds the lock and answers; left alone"
+                    ),
+                    ok: true,
+                });
+            }
+            _ => {
+                // Holding the lock is what makes it the coordinator; its
+                // identity is taken now, right before the signal.
+                if let Some(identity) = Identity::of(holder) {
+                    if signal_tree(identity, None, Signal::SIGKILL) {
+                        actions.push(format!("killed unresponsive coordinator pid {holder}"));
+                        wait_gone(identity);
+                    }
+                }
             }
         }
     }

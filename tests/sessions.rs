@@ -103,6 +103,10 @@ fn session_killed_with_sigkill_is_cleaned_by_cleanup() {
     let mut wrapper = session_run(&root, &script).spawn().unwrap();
     root.reaper.pid(wrapper.id() as i32);
     let pids = service_pids(&root);
+    // Written after the services' pid files, so it may lag them.
+    wait_for(Duration::from_secs(10), "session id written", || {
+        !root.read("session.id").trim().is_empty()
+    });
     let id = root.read("session.id").trim().to_string();
     wait_for(Duration::from_secs(5), "session registered", || {
         root.registry()["sessions"].get(&id).is_some()

@@ -361,14 +361,22 @@ impl CoordinatorActor {
         }
     }
 
+    /// Rotation copies up to `max-size` bytes per log: done on a blocking
+    /// thread so no actor waits for it.
     fn rotate_logs(&self) {
         let policy = self.config.logs;
-        for m in self.services.values() {
-            let path = self.paths.service_log(&m.instance.label);
-            if let Err(e) = crate::logs::rotate_if_needed(&path, policy.max_size, policy.keep) {
-                warn!(log = %path.display(), error = %e, "log rotation failed");
+        let logs: Vec<PathBuf> = self
+            .services
+            .values()
+            .map(|m| self.paths.service_log(&m.instance.label))
+            .collect();
+        actix_rt::task::spawn_blocking(move || {
+            for path in logs {
+                if let Err(e) = crate::logs::rotate_if_needed(&path, policy.max_size, policy.keep) {
+                    warn!(log = %path.display(), error = %e, "log rotation failed");
+                }
             }
-        }
+        });
     }
 
     /// The managed instances a request names; every instance of the name

@@ -127,15 +127,16 @@ fn read_holder(file: &mut File) -> Option<i32> {
 /// the same psm it is.
 pub fn spawn_background(paths: &Paths, config_path: &Path) -> std::io::Result<u32> {
     let exe = std::env::current_exe()?;
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["--root".into(), paths.root().into(), "coordinator".into()];
+    // The default config goes unnamed: named, a missing file would be an
+    // error, while a root without psm.toml is a valid root with no services.
+    if config_path != paths.default_config() {
+        args.extend(["--config".into(), config_path.into()]);
+    }
     let spec = crate::process::DetachedSpec {
         program: exe.into(),
-        args: vec![
-            "--root".into(),
-            paths.root().into(),
-            "coordinator".into(),
-            "--config".into(),
-            config_path.into(),
-        ],
+        args,
         cwd: Some(paths.root().to_path_buf()),
         env: Vec::new(),
         log: paths.coordinator_log(),

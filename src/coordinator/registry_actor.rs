@@ -13,7 +13,6 @@ use tokio::sync::oneshot;
 use tracing::{debug, error};
 
 use crate::registry::{Registry, ServiceKey, ServiceRecord, Store, StoreError};
-use crate::time::now_millis;
 
 /// One change to the registry.
 #[derive(Debug, Clone)]
@@ -23,11 +22,6 @@ pub enum RegistryOp {
     Upsert {
         key: ServiceKey,
         record: Box<ServiceRecord>,
-    },
-    /// Stamps `lastHealthCheck`, and the status if given, on an existing record.
-    Touch {
-        key: ServiceKey,
-        status: Option<String>,
     },
     /// Removes a record, only if it still names `pid` (when given): a record
     /// replaced by someone else in the meantime stays.
@@ -123,16 +117,6 @@ pub fn apply(registry: &mut Registry, op: RegistryOp) -> bool {
             registry.insert(&key, record);
             true
         }
-        RegistryOp::Touch { key, status } => match registry.get_mut(&key) {
-            Some(r) => {
-                r.last_health_check = now_millis();
-                if let Some(s) = status {
-                    r.status = s;
-                }
-                true
-            }
-            None => false,
-        },
         RegistryOp::Remove { key, pid } => {
             let matches = registry
                 .get(&key)

@@ -356,10 +356,9 @@ impl ServiceActor {
             return;
         };
         match result {
-            Ok(()) => self.registry.do_send(Persist(RegistryOp::Touch {
-                key: self.inst.key.clone(),
-                status: None,
-            })),
+            // The whole record, not just a stamp: a registry that lost it
+            // (moved aside, edited) has it back within one interval.
+            Ok(()) => self.persist(status::RUNNING),
             Err(reason) => {
                 run.probe_failed = true;
                 let identity = run.identity;
