@@ -844,3 +844,16 @@ command = ["sh", "talker.sh"]
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("'nosuch'"), "{err}");
 }
+
+/// A root without psm.toml is a valid root: `up` starts a coordinator that
+/// runs no services (and heartbeats), and `down` stops it.
+#[test]
+fn up_without_a_config_runs_a_coordinator_with_no_services() {
+    let root = Root::new();
+    let pid = root.up();
+    let status: Value = serde_json::from_str(&root.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["totalServices"], 1, "only the coordinator: {status}");
+    assert_eq!(pid_of(&root.global(COORDINATOR)), Some(pid));
+    root.ok(&["down"]);
+    wait_for(LIMIT, "coordinator gone", || !alive(pid));
+}
