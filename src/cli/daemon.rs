@@ -85,8 +85,34 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
         start_detached(paths, &config_path)?;
     }
     wait_healthy(paths)?;
+    wait_recorded(manager, &config_path);
     output::print_status(&manager.get_health_status()?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits (briefly) until every global service of the config has a record, so
+/// the table `up` prints shows the whole tree, not the part written so far.
+/// Not finding them is not an error: the table then shows what there is.
+fn wait_recorded(manager: &StateManager, config_path: &Path) {
+    let Ok(config) = Config::load(config_path) else {
+        return;
+    };
+    let names: Vec<&str> = config
+        .services
+        .iter()
+        .filter(|s| s.service_type == crate::registry::ServiceType::Global)
+        .map(|s| s.name.as_str())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let Ok(reg) = manager.store().read() else {
+            return;
+        };
+        if names.iter().all(|n| reg.services.global.contains_key(*n)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub(super) fn start_detached(paths: &Paths, config_path: &Path) -> Result<(), CliError> {
