@@ -14,6 +14,17 @@ pub fn since_millis(then: u64) -> Duration {
     Duration::from_millis(now_millis().saturating_sub(then))
 }
 
+/// Time until the wall clock next reaches a whole multiple of `interval`
+/// (counted from the epoch): timers started at different moments with the
+/// same interval then fire together. Zero for a zero interval.
+pub fn until_next_multiple(interval: Duration) -> Duration {
+    let step = interval.as_millis() as u64;
+    if step == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(step - now_millis() % step)
+}
+
 /// A compact humantime rendering, rounded to what a person reads in a table:
 /// whole seconds, and only the two largest units ("3h 12m", "45s").
 pub fn short_duration(d: Duration) -> String {
@@ -28,6 +39,14 @@ pub fn short_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_multiple_is_within_one_interval() {
+        let i = Duration::from_millis(250);
+        let d = until_next_multiple(i);
+        assert!(d > Duration::ZERO && d <= i, "{d:?}");
+        assert_eq!(until_next_multiple(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn short_durations() {

@@ -246,8 +246,13 @@ impl ServiceActor {
             return; // an earlier run's exit, already handled
         };
         self.run = None;
-        // Orphaned grandchildren would hold ports and files the next run needs.
-        signal_tree(run.identity, Some(run.identity.pid), Signal::SIGKILL);
+        // Orphaned grandchildren would hold ports and files the next run
+        // needs. With the leader gone, finding them means scanning the
+        // process table: done on a blocking thread, off the restart's path.
+        let identity = run.identity;
+        actix_rt::task::spawn_blocking(move || {
+            signal_tree(identity, Some(identity.pid), Signal::SIGKILL)
+        });
         let uptime = run.started.elapsed();
         if self.phase == Phase::Stopping {
             info!(parent: &self.span, how, "stopped");
@@ -436,7 +441,17 @@ impl Actor for ServiceActor {
             Some((record, identity)) => self.adopt(record, identity, ctx),
             None => self.spawn(ctx),
         }
-        ctx.run_interval(self.health_interval, |act, ctx| act.health_tick(ctx));
+        // Every service checks on the same wall-clock boundaries (and the
+        // coordinator beats on them too), so a health round's registry
+        // updates arrive together and cost one or two writes, not one each.
+        let interval = self.health_interval;
+        ctx.run_later(
+            crate::time::until_next_multiple(interval),
+            move |act, ctx| {
+                act.health_tick(ctx);
+                ctx.run_interval(interval, |act, ctx| act.health_tick(ctx));
+            },
+        );
     }
 }
 
