@@ -7,6 +7,8 @@
 //! Every write is still a locked read-modify-write, so updates made by CLI
 //! processes between two of our writes are never lost.
 
+use std::time::Duration;
+
 use actix::prelude::*;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
@@ -52,6 +54,10 @@ pub struct ReadRegistry;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// How long a change may wait for others to share its write. A health round
+/// of N services arrives within a few milliseconds; so do N starts.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
 pub struct RegistryActor {
     store: Store,
     pending: Vec<RegistryOp>,
@@ -69,21 +75,21 @@ impl RegistryActor {
         }
     }
 
-    fn enqueue(&mut self, op: RegistryOp, ctx: &mut Context<Self>) {
+    fn enqueue(&mut self, op: RegistryOp, window: Duration, ctx: &mut Context<Self>) {
         self.pending.push(op);
         if !self.flush_scheduled {
             self.flush_scheduled = true;
-            // Deferred so that every message already in the mailbox joins
-            // this write.
-            ctx.run_later(std::time::Duration::ZERO, |act, _| act.flush());
+            // Deferred so that every change sent in the same moment (a
+            // health round, N services starting) joins this write.
+            ctx.run_later(window, |act, _| act.flush());
         }
     }
 
     fn flush(&mut self) {
-        self.flush_scheduled = false;
         if self.pending.is_empty() {
             return;
         }
+        self.flush_scheduled = false;
         let ops = std::mem::take(&mut self.pending);
         let count = ops.len();
         let result = self
@@ -152,17 +158,20 @@ impl Handler<Persist> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) {
-        self.enqueue(msg.0, ctx);
+        self.enqueue(msg.0, BATCH_WINDOW, ctx);
     }
 }
 
 impl Handler<PersistNow> for RegistryActor {
     type Result = ResponseFuture<Result<(), String>>;
 
-    fn handle(&mut self, msg: PersistNow, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: PersistNow, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
-        self.enqueue(msg.0, ctx);
+        // Someone waits: write now, with whatever else is queued. A flush
+        // scheduled for later then finds nothing left to do.
+        self.pending.push(msg.0);
+        self.flush();
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err("registry actor stopped".into()))

@@ -124,6 +124,15 @@ impl ProcInfo {
 /// start-time floor excludes anything older than the group's leader.
 #[cfg(target_os = "linux")]
 pub fn live_group_members(pgid: i32, since: u64) -> Vec<Identity> {
+    use nix::errno::Errno;
+    // Signal 0 delivers nothing; ESRCH says the group is empty, which is the
+    // common case (a service without children) and spares a scan of every
+    // process on the machine.
+    if !signallable(pgid)
+        || nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) == Err(Errno::ESRCH)
+    {
+        return Vec::new();
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

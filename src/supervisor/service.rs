@@ -415,6 +415,18 @@ impl ServiceActor {
             }
         };
         let waiters = std::mem::take(&mut self.stop_waiters);
+        if !self.keep_record {
+            // A removal joins the batch: `down` stops every service and then
+            // writes once, and its final write (queued after this one)
+            // is what it waits for.
+            self.registry.do_send(Persist(op));
+            for w in waiters {
+                let _ = w.send(());
+            }
+            ctx.stop();
+            return;
+        }
+        // A user's `psm stop` returns once the registry says `stopped`.
         ctx.spawn(
             self.registry
                 .send(PersistNow(op))
