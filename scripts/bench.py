@@ -652,9 +652,16 @@ def kill_and_restart(tool, n, timeout):
     REAPER.reap()
     REAPER.daemons.pop(daemon, None)
     run(tool.start_cmd(), env=tool.env(), timeout=timeout)
-    new_daemon = tool.daemon_pid()
-    if not new_daemon or (new_daemon == daemon and start_time(new_daemon) == st):
-        raise HarnessError(f"{tool.name}: no new daemon after the second start")
+    # A daemonizing start command (supervisord) may return before the new
+    # daemon has rewritten its pidfile: wait until it names a new process.
+    deadline = now() + timeout
+    while True:
+        new_daemon = tool.daemon_pid()
+        if new_daemon and alive(new_daemon) and not (new_daemon == daemon and start_time(new_daemon) == st):
+            break
+        if now() > deadline:
+            raise HarnessError(f"{tool.name}: no new daemon after the second start")
+        time.sleep(0.01)
     REAPER.track(new_daemon)
     wait_reported(tool, n, now(), now() + timeout)
     # Settle: anything the new daemon is going to start has started by now.

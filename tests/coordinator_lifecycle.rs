@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::fs;
 use std::thread;
 use std::time::Duration;
 
@@ -523,5 +524,45 @@ fn down_removes_stopped_records_too() {
     assert!(
         reg["services"]["global"].as_object().unwrap().is_empty(),
         "records left after down: {reg}"
+    );
+}
+
+/// A service log larger than `[logs] max-size` is rotated by the coordinator
+/// (copy-truncate): the service keeps writing into the fresh file, and no
+/// more than `keep` old copies are kept.
+#[test]
+fn service_logs_are_rotated_by_size() {
+    let root = Root::new();
+    root.script(
+        "chatty.sh",
+        "i=0\nwhile :; do i=$((i+1)); echo \"line $i of a chatty service\"; sleep 0.01; done",
+    );
+    root.write_config(
+        r#"health-interval = "50ms"
+[logs]
+max-size = 2000
+keep = 2
+
+[[service]]
+name = "chatty"
+type = "global"
+command = ["sh", "chatty.sh"]
+"#,
+    );
+    root.up();
+    let pid = root.service_pid("chatty");
+    let log = |suffix: &str| root.file(&format!(".logs/chatty.log{suffix}"));
+    wait_for(LONG, "two rotated copies", || log(".2").exists());
+    wait_for(LONG, "the live log written after a rotation", || {
+        fs::metadata(log("")).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(!log(".3").exists(), "keep = 2 keeps two copies");
+    assert!(fs::read_to_string(log(".1"))
+        .unwrap()
+        .contains("chatty service"));
+    assert_eq!(
+        root.service_pid("chatty"),
+        pid,
+        "rotation must not restart the service"
     );
 }

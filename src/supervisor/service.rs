@@ -305,10 +305,10 @@ impl ServiceActor {
         let Some(run) = self.run.filter(|_| self.phase == Phase::Running) else {
             return;
         };
-        if !run.identity.is_alive() {
-            // The exit watcher reports it; nothing to probe.
-            return;
-        }
+        // No /proc read for the pid's identity here: the exit watcher checks
+        // it continuously (our child's wait, an adopted process's pidfd, or
+        // the 500 ms identity poll), and reports a death at once. Reading it
+        // again per round was 15 % of the daemon's idle CPU.
         if run.started.elapsed() < self.inst.spec.start_period {
             return;
         }
