@@ -54,15 +54,22 @@ pub struct ReadRegistry;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
-/// How long a change may wait for others to share its write. A health round
-/// of N services arrives within a few milliseconds; so do N starts.
+/// How long a change waits at least for others to share its write: a health
+/// round of N services arrives within a few milliseconds.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// How long at most: the registry never lags the processes by more.
+const MAX_WINDOW: Duration = Duration::from_millis(250);
 
 pub struct RegistryActor {
     store: Store,
     pending: Vec<RegistryOp>,
     waiters: Vec<Waiter>,
     flush_scheduled: bool,
+    /// How long the last write took. The next batch waits at least twice
+    /// that, so writing never takes more than a third of this thread's time
+    /// however fast changes come (1,000 services starting at once would
+    /// otherwise mean hundreds of rewrites of an ever larger file).
+    last_write: Duration,
 }
 
 impl RegistryActor {
@@ -72,15 +79,17 @@ impl RegistryActor {
             pending: Vec::new(),
             waiters: Vec::new(),
             flush_scheduled: false,
+            last_write: Duration::ZERO,
         }
     }
 
-    fn enqueue(&mut self, op: RegistryOp, window: Duration, ctx: &mut Context<Self>) {
+    fn enqueue(&mut self, op: RegistryOp, ctx: &mut Context<Self>) {
         self.pending.push(op);
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             // Deferred so that every change sent in the same moment (a
             // health round, N services starting) joins this write.
+            let window = BATCH_WINDOW.max((self.last_write * 2).min(MAX_WINDOW));
             ctx.run_later(window, |act, _| act.flush());
         }
     }
@@ -92,6 +101,7 @@ impl RegistryActor {
         self.flush_scheduled = false;
         let ops = std::mem::take(&mut self.pending);
         let count = ops.len();
+        let started = std::time::Instant::now();
         let result = self
             .store
             .update_if(|registry| {
@@ -101,6 +111,7 @@ impl RegistryActor {
                 Ok::<_, StoreError>(((), changed))
             })
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+        self.last_write = started.elapsed();
         match &result {
             Ok(()) => debug!(ops = count, "registry written"),
             Err(e) => error!(ops = count, error = %e, "registry write failed"),
@@ -158,7 +169,7 @@ impl Handler<Persist> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) {
-        self.enqueue(msg.0, BATCH_WINDOW, ctx);
+        self.enqueue(msg.0, ctx);
     }
 }
 

@@ -117,6 +117,14 @@ impl ProcInfo {
     }
 }
 
+/// True while process group `pgid` has any member (zombies included): a
+/// signal-0 probe, one syscall, no scan.
+pub fn group_exists(pgid: i32) -> bool {
+    use nix::errno::Errno;
+    signallable(pgid)
+        && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) != Err(Errno::ESRCH)
+}
+
 /// Live (non-zombie) members of process group `pgid` that started no earlier
 /// than `since`, as identities taken at this moment. Used when a group leader
 /// has already exited but its descendants may still hold the group: the kernel
@@ -124,13 +132,9 @@ impl ProcInfo {
 /// start-time floor excludes anything older than the group's leader.
 #[cfg(target_os = "linux")]
 pub fn live_group_members(pgid: i32, since: u64) -> Vec<Identity> {
-    use nix::errno::Errno;
-    // Signal 0 delivers nothing; ESRCH says the group is empty, which is the
-    // common case (a service without children) and spares a scan of every
-    // process on the machine.
-    if !signallable(pgid)
-        || nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) == Err(Errno::ESRCH)
-    {
+    // An empty group is the common case (a service without children): the
+    // probe spares a scan of every process on the machine.
+    if !group_exists(pgid) {
         return Vec::new();
     }
     let Ok(dir) = std::fs::read_dir("/proc") else {

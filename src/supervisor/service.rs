@@ -247,12 +247,15 @@ impl ServiceActor {
         };
         self.run = None;
         // Orphaned grandchildren would hold ports and files the next run
-        // needs. With the leader gone, finding them means scanning the
-        // process table: done on a blocking thread, off the restart's path.
+        // needs. Usually there are none (one signal-0 probe says so); when
+        // there are, finding them means scanning the process table, which is
+        // done on a blocking thread, off the restart's path.
         let identity = run.identity;
-        actix_rt::task::spawn_blocking(move || {
-            signal_tree(identity, Some(identity.pid), Signal::SIGKILL)
-        });
+        if crate::process::identity::group_exists(identity.pid) {
+            actix_rt::task::spawn_blocking(move || {
+                signal_tree(identity, Some(identity.pid), Signal::SIGKILL)
+            });
+        }
         let uptime = run.started.elapsed();
         if self.phase == Phase::Stopping {
             info!(parent: &self.span, how, "stopped");
@@ -286,6 +289,12 @@ impl ServiceActor {
                     delay_ms = delay.as_millis() as u64,
                     "exited; restarting"
                 );
+                if delay.is_zero() {
+                    // A zero-length timer still waits for the next tick of
+                    // the timer wheel (up to 1 ms): start now instead.
+                    self.spawn(ctx);
+                    return;
+                }
                 self.persist(status::BACKOFF);
                 self.pending_restart = Some(ctx.run_later(delay, |act, ctx| {
                     act.pending_restart = None;
