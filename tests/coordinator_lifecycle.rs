@@ -11,20 +11,10 @@ use std::fs;
 use std::thread;
 use std::time::Duration;
 
-use support::{alive, start_time, stderr, wait_for, wait_until, Root};
+use support::{alive, lines, start_time, stderr, wait_for, wait_until, Root};
 
 /// Generous: the suite runs in parallel with other test binaries on 2 cores.
 const LONG: Duration = Duration::from_secs(20);
-
-/// The non-empty lines of a file the children write.
-fn lines(root: &Root, name: &str) -> Vec<String> {
-    root.read(name)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
 
 /// The pids a script appended (one per line, first word) to `name`.
 fn pids_in(root: &Root, name: &str) -> Vec<i32> {

@@ -8,62 +8,18 @@ mod support;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{alive, stderr, wait_for, wait_until, Root, PSM};
+use support::{
+    alive, exit_of, lines, output_within, pid_of, sigkill, stderr, wait_for, wait_until, Children,
+    Root, COORDINATOR, FAST, PSM,
+};
 
 /// Generous on a loaded 2-core machine; the product needs a fraction of it.
 const LIMIT: Duration = Duration::from_secs(15);
-
-/// The health interval every config here uses (heartbeat, sweep, probes).
-const FAST: &str = "health-interval = \"100ms\"\n";
-
-/// The coordinator's own record name in the registry.
-const COORDINATOR: &str = "global-service-coordinator";
-
-/// Child processes of a test, killed and reaped on drop so that nothing leaks
-/// and no zombie is left, whatever the test's outcome.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits for `child` to exit, failing after `LIMIT`.
-fn exit_of(child: &mut Child, what: &str) -> ExitStatus {
-    let mut status = None;
-    wait_until(LIMIT, what, || match child.try_wait() {
-        Ok(Some(s)) => {
-            status = Some(s);
-            Ok(())
-        }
-        other => Err(format!("{other:?}")),
-    });
-    status.expect("set when wait_until returns")
-}
-
-/// Runs `cmd` to completion with a deadline (so a daemon that should have
-/// refused to start cannot hang the test), capturing its output.
-fn output_within(mut cmd: Command, what: &str) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut guard = Children(vec![child]);
-    exit_of(&mut guard.0[0], what);
-    let child = guard.0.pop().expect("pushed above");
-    child.wait_with_output().expect("collect output")
-}
 
 /// stderr, asserted to be exactly one line; returned without its newline.
 fn one_line(out: &Output, what: &str) -> String {
@@ -77,22 +33,9 @@ fn one_line(out: &Output, what: &str) -> String {
     err.trim_end().to_string()
 }
 
-/// The non-empty lines of a file the children append to.
-fn lines(root: &Root, name: &str) -> Vec<String> {
-    root.read(name)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// The record of a per-project instance (Null when there is none).
 fn project_record(root: &Root, project: &Path, name: &str) -> Value {
     root.registry()["services"]["projects"][project.to_string_lossy().as_ref()][name].clone()
-}
-
-fn pid_of(record: &Value) -> Option<i32> {
-    record["pid"].as_i64().map(|p| p as i32)
 }
 
 fn mode(path: &Path) -> u32 {
@@ -101,11 +44,6 @@ fn mode(path: &Path) -> u32 {
 
 fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn sigkill(pid: i32) {
-    assert!(pid > 1, "refusing to signal pid {pid}");
-    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 // ---------------------------------------------------------------------------
@@ -554,7 +492,7 @@ command = ["sh", "{base}/proj.sh", "{{project_name}}"]
     assert_eq!(root.read("proj-beta.cwd").trim(), beta.to_string_lossy());
 
     fs::write(root.file("end-beta"), "").unwrap();
-    let status = exit_of(&mut children.0[0], "beta's session to end");
+    let status = exit_of(&mut children.0[0], LIMIT, "beta's session to end");
     assert_eq!(status.code(), Some(0));
     wait_for(LIMIT, "beta's instance stopped", || !alive(beta_pid));
     wait_until(LIMIT, "beta's record gone", || {
@@ -628,6 +566,7 @@ fn control_socket_refuses_a_foreign_uid() {
             c.arg("-c").arg(FOREIGN_CLIENT).arg(&socket);
             c
         },
+        LIMIT,
         "the foreign client",
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -732,7 +671,7 @@ command = ["sh", "-c", "exec sleep 1000"]
             let what = format!("psm {command} ({case})");
             let mut cmd = root.cmd();
             cmd.arg(command);
-            let out = output_within(cmd, &what);
+            let out = output_within(cmd, LIMIT, &what);
             let err = one_line(&out, &what);
             assert_eq!(out.status.code(), Some(1), "{what}: {err}");
             assert!(err.contains("psm.toml"), "{what} names the file: {err}");

@@ -11,13 +11,16 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use support::{alive, start_time, stderr, wait_for, wait_until, Root, PSM};
+use support::{
+    alive, lines, output_within, pid_of, start_time, stderr, wait_for, wait_until, Children, Root,
+    COORDINATOR, FAST, PSM,
+};
 
 /// Generous on a loaded 2-core machine; the product needs a fraction of it.
 const LIMIT: Duration = Duration::from_secs(15);
@@ -25,47 +28,6 @@ const LIMIT: Duration = Duration::from_secs(15);
 /// One watchdog run may wait 2 s for a stuck registry lock, 2 s for a killed
 /// coordinator to go, and 10 s for its successor's heartbeat.
 const WATCHDOG_LIMIT: Duration = Duration::from_secs(30);
-
-/// The health interval every config here uses (heartbeat, probes).
-const FAST: &str = "health-interval = \"100ms\"\n";
-
-/// The coordinator's own record name in the registry.
-const COORDINATOR: &str = "global-service-coordinator";
-
-/// Child processes of a test, killed and reaped on drop so that nothing leaks
-/// and no zombie is left, whatever the test's outcome.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs `cmd` to completion within `limit`, capturing its output.
-fn output_within(mut cmd: Command, limit: Duration, what: &str) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut guard = Children(vec![child]);
-    let mut status: Option<ExitStatus> = None;
-    wait_until(limit, what, || match guard.0[0].try_wait() {
-        Ok(Some(s)) => {
-            status = Some(s);
-            Ok(())
-        }
-        other => Err(format!("{other:?}")),
-    });
-    let child = guard.0.pop().expect("pushed above");
-    child.wait_with_output().expect("collect output")
-}
 
 /// `psm --root <root> watchdog args…`, to completion.
 fn watchdog(root: &Root, args: &[&str]) -> Output {
@@ -90,22 +52,9 @@ fn succeeded(out: &Output, what: &str) -> String {
     String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
 }
 
-/// The non-empty lines of a file under the root.
-fn lines(root: &Root, name: &str) -> Vec<String> {
-    root.read(name)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// The lines of `.logs/system-watchdog.log`.
 fn watchdog_log(root: &Root) -> Vec<String> {
     lines(root, ".logs/system-watchdog.log")
-}
-
-fn pid_of(record: &Value) -> Option<i32> {
-    record["pid"].as_i64().map(|p| p as i32)
 }
 
 fn now_ms() -> u64 {

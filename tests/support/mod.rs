@@ -372,3 +372,75 @@ pub fn start_time(pid: i32) -> Option<u64> {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The coordinator's own record name in the registry.
+pub const COORDINATOR: &str = "global-service-coordinator";
+
+/// A health interval for configs in tests (heartbeat, sweep, probes).
+pub const FAST: &str = "health-interval = \"100ms\"\n";
+
+/// Child processes of a test, killed and reaped on drop so that nothing leaks
+/// and no zombie is left, whatever the test's outcome.
+#[derive(Default)]
+pub struct Children(pub Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for `child` to exit, failing after `limit`.
+pub fn exit_of(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until(limit, what, || match child.try_wait() {
+        Ok(Some(s)) => {
+            status = Some(s);
+            Ok(())
+        }
+        other => Err(format!("{other:?}")),
+    });
+    status.expect("set when wait_until returns")
+}
+
+/// Runs `cmd` to completion within `limit` (so a daemon that should have
+/// refused to start cannot hang the test), capturing its output.
+pub fn output_within(mut cmd: Command, limit: Duration, what: &str) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut guard = Children(vec![child]);
+    exit_of(&mut guard.0[0], limit, what);
+    let child = guard.0.pop().expect("pushed above");
+    child.wait_with_output().expect("collect output")
+}
+
+/// The non-empty lines of a file under the root.
+pub fn lines(root: &Root, name: &str) -> Vec<String> {
+    root.read(name)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A record's pid.
+pub fn pid_of(record: &Value) -> Option<i32> {
+    record["pid"].as_i64().map(|p| p as i32)
+}
+
+pub fn sigkill(pid: i32) {
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
