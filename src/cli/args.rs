@@ -1,4 +1,7 @@
 //! The command line, as clap types. Doc comments are the help text users read.
+// These doc comments are clap's help text, where `<root>` and `<pid>` are
+// placeholders for people, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 
