@@ -3,13 +3,10 @@
 //! it safely can (dead records, a missing coordinator) and checks again.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fs2::FileExt;
 use serde::Serialize;
 
 use crate::config::{Config, HealthSpec};
@@ -76,27 +73,10 @@ pub fn verify(paths: &Paths, config_path: &Path, home: Option<&Path>) -> Vec<Fin
 }
 
 fn check_registry(paths: &Paths, out: &mut Vec<Finding>) -> Option<Registry> {
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(paths.registry_lock());
-    let lock = match lock {
-        Ok(f) => f,
-        Err(e) => {
-            out.push(finding(
-                "registry",
-                Level::Fail,
-                format!("cannot open the lock file: {e}"),
-            ));
-            return None;
-        }
-    };
-    let start = Instant::now();
-    while FileExt::try_lock_shared(&lock).is_err() {
-        if start.elapsed() > LOCK_WAIT {
+    let store = Store::new(paths.clone());
+    let waited = match store.shared_lock_wait(LOCK_WAIT) {
+        Ok(Some(waited)) => waited,
+        Ok(None) => {
             out.push(finding(
                 "registry",
                 Level::Fail,
@@ -107,11 +87,16 @@ fn check_registry(paths: &Paths, out: &mut Vec<Finding>) -> Option<Registry> {
             ));
             return None;
         }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let waited = start.elapsed();
-    let _ = FileExt::unlock(&lock);
-    match Store::new(paths.clone()).read() {
+        Err(e) => {
+            out.push(finding(
+                "registry",
+                Level::Fail,
+                format!("{:#}", anyhow::Error::from(e)),
+            ));
+            return None;
+        }
+    };
+    match store.read() {
         Ok(reg) => {
             out.push(finding(
                 "registry",

@@ -15,6 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fs2::FileExt;
 
@@ -96,25 +97,38 @@ impl Store {
     /// atomic rename, so the file is always one whole version; the lock only
     /// orders readers after writers. For the watchdog, which must be able to
     /// judge a coordinator that hung (or was stopped) while holding the lock.
-    pub fn read_within(&self, patience: std::time::Duration) -> Result<Registry, StoreError> {
-        let path = self.paths.registry_lock();
-        let file = create_private(&path, false).map_err(|source| {
-            self.check_root().err().unwrap_or(StoreError::Lock {
-                path: path.clone(),
-                source,
-            })
-        })?;
-        let deadline = std::time::Instant::now() + patience;
+    pub fn read_within(&self, patience: Duration) -> Result<Registry, StoreError> {
+        let guard = self.shared_within(patience)?;
+        if guard.is_none() {
+            tracing::warn!(
+                lock = %self.paths.registry_lock().display(),
+                "registry lock held too long; reading without it"
+            );
+        }
+        let registry = self.load(false);
+        drop(guard);
+        registry
+    }
+
+    /// How long the shared lock took to obtain, or `None` if it could not be
+    /// had within `patience` (a writer is stuck). Released before returning.
+    pub fn shared_lock_wait(&self, patience: Duration) -> Result<Option<Duration>, StoreError> {
+        let start = Instant::now();
+        Ok(self.shared_within(patience)?.map(|_guard| start.elapsed()))
+    }
+
+    /// Polls for the shared lock for up to `patience`.
+    fn shared_within(&self, patience: Duration) -> Result<Option<LockGuard>, StoreError> {
+        let file = self.open_lock()?;
+        let deadline = Instant::now() + patience;
         loop {
             if FileExt::try_lock_shared(&file).is_ok() {
-                let _guard = LockGuard(file);
-                return self.load(false);
+                return Ok(Some(LockGuard(file)));
             }
-            if std::time::Instant::now() >= deadline {
-                tracing::warn!(lock = %path.display(), "registry lock held too long; reading without it");
-                return self.load(false);
+            if Instant::now() >= deadline {
+                return Ok(None);
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -161,15 +175,19 @@ impl Store {
         }
     }
 
+    /// Opens (creating, 0600) the lock file; a missing or non-directory
+    /// root is named as such rather than as a lock error.
+    fn open_lock(&self) -> Result<File, StoreError> {
+        let path = self.paths.registry_lock();
+        create_private(&path, false).map_err(|source| match self.check_root() {
+            Err(e) => e,
+            Ok(()) => StoreError::Lock { path, source },
+        })
+    }
+
     fn lock(&self, exclusive: bool) -> Result<LockGuard, StoreError> {
         let path = self.paths.registry_lock();
-        let file = match create_private(&path, false) {
-            Ok(f) => f,
-            Err(source) => {
-                self.check_root()?;
-                return Err(StoreError::Lock { path, source });
-            }
-        };
+        let file = self.open_lock()?;
         // Called through fs2's trait explicitly: newer std has inherent
         // methods of the same names that would otherwise shadow it.
         let locked = if exclusive {
