@@ -659,16 +659,8 @@ impl Actor for CoordinatorActor {
                 Err(_) => {}
             }
         }));
-        // On the same wall-clock boundaries as the services' health checks,
-        // so the heartbeat joins their registry write.
-        let interval = self.config.health_interval;
-        ctx.run_later(
-            crate::time::until_next_multiple(interval),
-            move |act, ctx| {
-                act.tick(ctx);
-                ctx.run_interval(interval, |act, ctx| act.tick(ctx));
-            },
-        );
+        // On the services' health rounds, so the heartbeat joins their write.
+        crate::supervisor::health::every_round(ctx, self.config.health_interval, Self::tick);
     }
 }
 

@@ -2,7 +2,26 @@
 //! reports a failure with the reason.
 
 use std::path::Path;
+
+use actix::{Actor, AsyncContext, Context};
 use std::time::{Duration, SystemTime};
+
+/// Runs `tick` on the actor every `interval`, on whole multiples of it since
+/// the epoch. Every service's health check and the coordinator's heartbeat
+/// are scheduled this way, so one round's registry updates arrive together
+/// and cost one or two writes, not one each.
+pub fn every_round<A>(ctx: &mut Context<A>, interval: Duration, tick: fn(&mut A, &mut Context<A>))
+where
+    A: Actor<Context = Context<A>>,
+{
+    ctx.run_later(
+        crate::time::until_next_multiple(interval),
+        move |act, ctx| {
+            tick(act, ctx);
+            ctx.run_interval(interval, tick);
+        },
+    );
+}
 
 /// How long a port probe may wait for the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -462,17 +462,7 @@ impl Actor for ServiceActor {
             Some((record, identity)) => self.adopt(record, identity, ctx),
             None => self.spawn(ctx),
         }
-        // Every service checks on the same wall-clock boundaries (and the
-        // coordinator beats on them too), so a health round's registry
-        // updates arrive together and cost one or two writes, not one each.
-        let interval = self.health_interval;
-        ctx.run_later(
-            crate::time::until_next_multiple(interval),
-            move |act, ctx| {
-                act.health_tick(ctx);
-                ctx.run_interval(interval, |act, ctx| act.health_tick(ctx));
-            },
-        );
+        health::every_round(ctx, self.health_interval, Self::health_tick);
     }
 }
 
