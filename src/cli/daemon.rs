@@ -41,13 +41,11 @@ pub(super) fn resolve_config(paths: &Paths, flag: Option<&Path>) -> PathBuf {
 /// Loads the config up front so a bad one is one clear line, not a daemon
 /// that dies in the background. A missing default config means no services;
 /// a missing explicit one is an error.
-fn check_config(path: &Path, explicit: bool) -> Result<(), CliError> {
+fn load_config(path: &Path, explicit: bool) -> Result<Config, CliError> {
     if !path.exists() && !explicit {
-        return Ok(());
+        return Ok(Config::empty());
     }
-    Config::load(path)
-        .map(drop)
-        .map_err(|e| CliError::Failed(e.into()))
+    Config::load(path).map_err(|e| CliError::Failed(e.into()))
 }
 
 fn already_running(pid: Option<i32>) {
@@ -59,10 +57,11 @@ fn already_running(pid: Option<i32>) {
 
 pub fn run_coordinator(paths: &Paths, args: &ConfigArgs, extensions: Extensions) -> CliResult {
     let config_path = config_path(paths, args);
-    check_config(&config_path, args.config.is_some())?;
+    let config = load_config(&config_path, args.config.is_some())?;
     let settings = Settings {
         paths: paths.clone(),
         config_path,
+        config,
         extensions,
     };
     match coordinator::run(settings)? {
@@ -78,14 +77,14 @@ pub fn run_coordinator(paths: &Paths, args: &ConfigArgs, extensions: Extensions)
 
 pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult {
     let config_path = config_path(paths, args);
-    check_config(&config_path, args.config.is_some())?;
+    let config = load_config(&config_path, args.config.is_some())?;
     if let Some(pid) = CoordinatorLock::holder(paths) {
         already_running(pid);
     } else {
         start_detached(paths, &config_path)?;
     }
     wait_healthy(paths)?;
-    wait_recorded(manager, &config_path);
+    wait_recorded(manager, &config);
     output::print_status(&manager.get_health_status()?);
     Ok(ExitCode::SUCCESS)
 }
@@ -93,10 +92,7 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
 /// Waits (briefly) until every global service of the config has a record, so
 /// the table `up` prints shows the whole tree, not the part written so far.
 /// Not finding them is not an error: the table then shows what there is.
-fn wait_recorded(manager: &StateManager, config_path: &Path) {
-    let Ok(config) = Config::load(config_path) else {
-        return;
-    };
+fn wait_recorded(manager: &StateManager, config: &Config) {
     let names: Vec<&str> = config
         .services
         .iter()

@@ -39,9 +39,12 @@ use registry_actor::RegistryActor;
 /// What the coordinator needs to run.
 pub struct Settings {
     pub paths: Paths,
-    /// The config file; a missing one means "no services" (heartbeat and
-    /// session sweeps still run).
+    /// The config file, re-read on reload; a missing one means "no
+    /// services" (heartbeat and session sweeps still run).
     pub config_path: PathBuf,
+    /// The config as loaded from it (the caller loads it, so that a bad one
+    /// is reported before anything starts).
+    pub config: Config,
     pub extensions: Extensions,
 }
 
@@ -151,11 +154,6 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         Ok(lock) => lock,
         Err(pid) => return Ok(Outcome::AlreadyRunning(pid)),
     };
-    let config = if settings.config_path.exists() {
-        Config::load(&settings.config_path)?
-    } else {
-        Config::empty()
-    };
     crate::process::open_log(&settings.paths.coordinator_log())
         .context("creating the log directory")?;
     let listener = control::bind(&settings.paths)?;
@@ -170,7 +168,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         let coordinator = CoordinatorActor::new(
             settings.paths.clone(),
             settings.config_path.clone(),
-            config,
+            settings.config,
             settings.extensions,
             registry,
         )
