@@ -136,21 +136,32 @@ impl CoordinatorActor {
     /// Every instance the config asks for, given the active projects.
     fn desired(&self, projects: &BTreeSet<PathBuf>) -> BTreeMap<ServiceKey, Instance> {
         let root = self.paths.root();
-        let mut out = BTreeMap::new();
+        let mut out = self.project_instances(projects);
         for spec in &self.config.services {
-            let instances: Vec<Instance> = match spec.service_type {
-                ServiceType::PerProject => projects
-                    .iter()
-                    .filter(|p| p.is_dir())
-                    .map(|p| spec.instantiate(root, Some(p)))
-                    .collect(),
-                _ => vec![spec.instantiate(root, None)],
-            };
-            for inst in instances {
+            if spec.service_type != ServiceType::PerProject {
+                let inst = spec.instantiate(root, None);
                 out.insert(inst.key.clone(), inst);
             }
         }
         out
+    }
+
+    /// The per-project instances alone: what a tick's reconciliation needs,
+    /// without instantiating every global service each round.
+    fn project_instances(&self, projects: &BTreeSet<PathBuf>) -> BTreeMap<ServiceKey, Instance> {
+        let root = self.paths.root();
+        self.config
+            .services
+            .iter()
+            .filter(|spec| spec.service_type == ServiceType::PerProject)
+            .flat_map(|spec| {
+                projects
+                    .iter()
+                    .filter(|p| p.is_dir())
+                    .map(move |p| spec.instantiate(root, Some(p)))
+            })
+            .map(|inst| (inst.key.clone(), inst))
+            .collect()
     }
 
     /// Starts the actor that supervises `instance`, adopting `adopt` if given.
@@ -337,7 +348,7 @@ impl CoordinatorActor {
     /// Starts per-project instances of newly active projects and stops those
     /// of projects no longer active. Global instances are untouched.
     fn reconcile_projects(&mut self, registry: &Registry) {
-        let desired = self.desired(&self.active_projects(registry));
+        let desired = self.project_instances(&self.active_projects(registry));
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
@@ -351,10 +362,7 @@ impl CoordinatorActor {
             }
         }
         for (key, instance) in desired {
-            if matches!(key.scope, Scope::Project(_))
-                && !self.services.contains_key(&key)
-                && !self.user_stopped.contains(&key)
-            {
+            if !self.services.contains_key(&key) && !self.user_stopped.contains(&key) {
                 info!(service = %instance.label, "project active; starting");
                 self.start_instance(instance, None);
             }
