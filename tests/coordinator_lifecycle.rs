@@ -220,10 +220,7 @@ command = ["sh", "svc.sh"]
 #[test]
 fn a_failing_port_probe_restarts_the_service() {
     let root = Root::new();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    }; // dropped: nothing listens on it any more
+    let port = support::free_port();
     root.script("svc.sh", "echo $$ >> pids\nexec sleep 1000");
     root.write_config(&format!(
         r#"health-interval = "50ms"

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{wait_for, wait_until, Root};
+use support::{free_port, wait_for, wait_until, Root};
 
 /// An example binary, built by `cargo test` next to the test binaries.
 fn example(name: &str) -> PathBuf {
@@ -30,14 +30,6 @@ fn run(root: &Root, exe: &PathBuf, args: &[&str]) -> String {
         .unwrap();
     assert!(out.status.success(), "{args:?}: {}", support::stderr(&out));
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `http` probe keeps a service that answers HTTP healthy (its health

@@ -444,3 +444,11 @@ pub fn sigkill(pid: i32) {
     assert!(pid > 1, "refusing to signal pid {pid}");
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
+
+/// A loopback port nothing listens on (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
