@@ -324,18 +324,6 @@ fn unrecorded_service_is_adopted_not_duplicated() {
     assert!(alive(pid));
 }
 
-/// A per-session service that starts a grandchild and records both pids.
-fn session_service(root: &Root) -> std::path::PathBuf {
-    root.script(
-        "svc.sh",
-        r#"name="$1"
-sleep 1000 &
-echo $! > "$PSM_TEST_DIR/$name.grandchild"
-echo $$ > "$PSM_TEST_DIR/$name.pid"
-wait"#,
-    )
-}
-
 /// `psm session run --project <project> -- sh <script>`, with the binary and
 /// the test dir passed to the script.
 fn session_run(root: &Root, project: &Path, script: &Path) -> Command {
@@ -359,21 +347,7 @@ fn sigkilled_session_is_swept_by_the_coordinator() {
     let root = Root::new();
     root.write_config(FAST);
     root.up();
-    let svc = session_service(&root);
-    let script = root.script(
-        "session.sh",
-        &format!(
-            r#"set -e
-"$PSM_BIN" session spawn alpha -- sh {svc} alpha > /dev/null
-"$PSM_BIN" session spawn beta -- sh {svc} beta > /dev/null
-for f in alpha.grandchild beta.grandchild alpha.pid beta.pid; do
-  while [ ! -s "$PSM_TEST_DIR/$f" ]; do sleep 0.02; done
-done
-echo "$PSM_SESSION_ID" > "$PSM_TEST_DIR/session.id"
-exec sleep 1000"#,
-            svc = svc.display()
-        ),
-    );
+    let script = support::session_command(&root, "exec sleep 1000");
     let mut children = Children::default();
     children
         .0

@@ -8,38 +8,6 @@ use std::time::Duration;
 
 use support::{alive, wait_for, Root, PSM};
 
-/// A per-session service that starts a grandchild and records both pids.
-fn service_script(root: &Root) -> std::path::PathBuf {
-    root.script(
-        "svc.sh",
-        r#"name="$1"
-sleep 1000 &
-echo $! > "$PSM_TEST_DIR/$name.grandchild"
-echo $$ > "$PSM_TEST_DIR/$name.pid"
-wait"#,
-    )
-}
-
-/// The session's command: spawns two services, waits until both have started
-/// their grandchildren, then runs `$1` (exit, or keep running).
-fn session_command(root: &Root, tail: &str) -> std::path::PathBuf {
-    let svc = service_script(root);
-    root.script(
-        "session.sh",
-        &format!(
-            r#"set -e
-"$PSM_BIN" session spawn alpha -- sh {svc} alpha > /dev/null
-"$PSM_BIN" session spawn beta -- sh {svc} beta > /dev/null
-for f in alpha.grandchild beta.grandchild alpha.pid beta.pid; do
-  while [ ! -s "$PSM_TEST_DIR/$f" ]; do sleep 0.02; done
-done
-echo "$PSM_SESSION_ID" > "$PSM_TEST_DIR/session.id"
-{tail}"#,
-            svc = svc.display()
-        ),
-    )
-}
-
 fn session_run(root: &Root, script: &std::path::Path) -> Command {
     let mut cmd = root.cmd();
     cmd.args(["session", "run", "--project"])
@@ -75,7 +43,7 @@ fn service_pids(root: &Root) -> Vec<i32> {
 #[test]
 fn session_run_cleans_up_when_the_command_exits() {
     let root = Root::new();
-    let script = session_command(&root, "exit 7");
+    let script = support::session_command(&root, "exit 7");
     let status = session_run(&root, &script).status().unwrap();
     assert_eq!(
         status.code(),
@@ -99,7 +67,7 @@ fn session_run_cleans_up_when_the_command_exits() {
 #[test]
 fn session_killed_with_sigkill_is_cleaned_by_cleanup() {
     let root = Root::new();
-    let script = session_command(&root, "exec sleep 1000");
+    let script = support::session_command(&root, "exec sleep 1000");
     let mut wrapper = session_run(&root, &script).spawn().unwrap();
     root.reaper.pid(wrapper.id() as i32);
     let pids = service_pids(&root);
@@ -190,7 +158,7 @@ fn session_spawn_records_a_detached_group_leader() {
 #[test]
 fn sigterm_to_the_wrapper_cleans_up() {
     let root = Root::new();
-    let script = session_command(&root, "exec sleep 1000");
+    let script = support::session_command(&root, "exec sleep 1000");
     let mut wrapper = session_run(&root, &script).spawn().unwrap();
     root.reaper.pid(wrapper.id() as i32);
     let pids = service_pids(&root);

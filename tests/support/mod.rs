@@ -452,3 +452,35 @@ pub fn free_port() -> u16 {
         .expect("bind a loopback port")
         .port()
 }
+
+/// A per-session service that starts a grandchild and records both pids.
+pub fn service_script(root: &Root) -> std::path::PathBuf {
+    root.script(
+        "svc.sh",
+        r#"name="$1"
+sleep 1000 &
+echo $! > "$PSM_TEST_DIR/$name.grandchild"
+echo $$ > "$PSM_TEST_DIR/$name.pid"
+wait"#,
+    )
+}
+
+/// The session's command: spawns two services, waits until both have started
+/// their grandchildren, then runs `$1` (exit, or keep running).
+pub fn session_command(root: &Root, tail: &str) -> std::path::PathBuf {
+    let svc = service_script(root);
+    root.script(
+        "session.sh",
+        &format!(
+            r#"set -e
+"$PSM_BIN" session spawn alpha -- sh {svc} alpha > /dev/null
+"$PSM_BIN" session spawn beta -- sh {svc} beta > /dev/null
+for f in alpha.grandchild beta.grandchild alpha.pid beta.pid; do
+  while [ ! -s "$PSM_TEST_DIR/$f" ]; do sleep 0.02; done
+done
+echo "$PSM_SESSION_ID" > "$PSM_TEST_DIR/session.id"
+{tail}"#,
+            svc = svc.display()
+        ),
+    )
+}
