@@ -2,6 +2,9 @@
 //! refuse to hit a stranger, and detached spawning into a new session.
 
 pub mod identity;
+#[cfg(target_os = "macos")]
+pub mod macos;
+pub mod procargs;
 pub mod signal;
 pub mod spawn;
 
