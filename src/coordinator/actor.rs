@@ -19,12 +19,13 @@ use serde_json::{json, Map, Value};
 use tracing::{error, info, warn};
 
 use super::protocol::{Request, Response, Target};
-use super::registry_actor::{Persist, PersistNow, ReadRegistry, RegistryActor, RegistryOp};
 use crate::config::{Config, Instance};
 use crate::paths::Paths;
 use crate::process::{terminate, Identity, StopRequest};
+use crate::registry::writer::{Persist, PersistNow, ReadRegistry};
 use crate::registry::{
-    status, Registry, Scope, ServiceKey, ServiceRecord, ServiceType, StateManager, Store,
+    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, ServiceType,
+    StateManager, Store,
 };
 use crate::supervisor::service::MANAGED_BY;
 use crate::supervisor::{
@@ -168,7 +169,7 @@ impl CoordinatorActor {
     fn start_instance(&mut self, instance: Instance, adopt: Option<ServiceRecord>) {
         let ctx = KindContext {
             instance: instance.clone(),
-            registry: self.registry.clone(),
+            registry: (&self.registry).into(),
             paths: self.paths.clone(),
             health_interval: self.config.health_interval,
             adopt,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! CoordinatorActor      config, heartbeat, session sweep, per-project instances, control
-//!  ├─ RegistryActor     own thread; the only registry writer in the daemon; batches writes
+//!  ├─ RegistryActor     own thread; the only registry writer in the daemon; batches
+//!  │                    writes (`registry::writer`: services hold only a `RegistryHandle`)
 //!  ├─ ServiceActor × N  one per service instance (or an extension kind's actor)
 //!  └─ control socket    <root>/.psm/coordinator.sock, newline-delimited JSON, same uid only
 //! ```
@@ -16,7 +17,6 @@ mod actor;
 pub mod client;
 mod control;
 pub mod protocol;
-pub mod registry_actor;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -32,9 +32,8 @@ pub use actor::{CoordinatorActor, COORDINATOR_NAME};
 
 use crate::config::Config;
 use crate::paths::Paths;
-use crate::registry::Store;
+use crate::registry::{RegistryActor, Store};
 use crate::supervisor::Extensions;
-use registry_actor::RegistryActor;
 
 /// What the coordinator needs to run.
 pub struct Settings {
