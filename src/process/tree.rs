@@ -152,10 +152,8 @@ mod tests {
         let me = Identity::of(child.id() as i32).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let grandchild = loop {
-            if let Ok(p) = std::fs::read_to_string(&pidfile).map(|s| s.trim().parse::<i32>()) {
-                if let Ok(p) = p {
-                    break p;
-                }
+            if let Ok(Ok(p)) = std::fs::read_to_string(&pidfile).map(|s| s.trim().parse::<i32>()) {
+                break p;
             }
             assert!(
                 std::time::Instant::now() < deadline,
