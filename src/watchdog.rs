@@ -152,7 +152,7 @@ pub enum WatchdogError {
 }
 
 /// How old a heartbeat may be: `flag` if given, else twice the interval the
-/// coordinator recorded plus [`STALE_SLACK`], else [`DEFAULT_MAX_AGE`].
+/// coordinator recorded plus a minute, else [`DEFAULT_MAX_AGE`].
 pub fn max_age_for(record: Option<&ServiceRecord>, flag: Option<Duration>) -> Duration {
     let recorded = record
         .and_then(|r| r.metadata.get(INTERVAL_KEY))

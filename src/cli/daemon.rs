@@ -118,7 +118,7 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
             already_running(pid);
             None
         }
-        None => Some(start_detached(paths, &config_path)?),
+        None => Some(start_detached(paths, &config_path, false)?),
     };
     wait_healthy(paths, child)?;
     wait_recorded(manager, &config);
@@ -155,14 +155,22 @@ pub(super) struct Started {
     log_from: u64,
 }
 
-pub(super) fn start_detached(paths: &Paths, config_path: &Path) -> Result<Started, CliError> {
+/// Starts a coordinator in the background; with `respect_down` it starts
+/// nothing should `psm down` have left its mark (a repair, not the user's
+/// `up`).
+pub(super) fn start_detached(
+    paths: &Paths,
+    config_path: &Path,
+    respect_down: bool,
+) -> Result<Started, CliError> {
     let log_from = std::fs::metadata(paths.coordinator_log()).map_or(0, |m| m.len());
-    let child = coordinator::spawn_background(paths, config_path, false).with_context(|| {
-        format!(
-            "starting the coordinator (log: {})",
-            paths.coordinator_log().display()
-        )
-    })?;
+    let child =
+        coordinator::spawn_background(paths, config_path, respect_down).with_context(|| {
+            format!(
+                "starting the coordinator (log: {})",
+                paths.coordinator_log().display()
+            )
+        })?;
     Ok(Started { child, log_from })
 }
 
@@ -203,6 +211,12 @@ pub(super) fn wait_healthy(paths: &Paths, mut started: Option<Started>) -> Resul
                     return Err(CliError::Failed(anyhow!(
                         "the coordinator exited at start-up ({status}): {line}; see {}",
                         paths.coordinator_log().display()
+                    )));
+                }
+                if let Some(mark) = DownMark::read(paths) {
+                    return Err(CliError::Failed(anyhow!(
+                        "not started: {}; `psm up` starts psm again",
+                        mark.note
                     )));
                 }
                 // Exit 0: another coordinator won the race; wait for that one.

@@ -108,7 +108,8 @@ pub fn verify(paths: &Paths, manager: &StateManager, args: &VerifyArgs) -> CliRe
         }
         if failed(&findings, "coordinator") && !failed(&findings, "config") {
             let started = match CoordinatorLock::holder(paths) {
-                None => Some(start_detached(paths, &config)?),
+                // Should a `psm down` come in between, it still wins.
+                None => Some(start_detached(paths, &config, true)?),
                 Some(_) => None,
             };
             wait_healthy(paths, started)?;

@@ -5,13 +5,16 @@
 //!  ├─ RegistryActor     own thread; the only registry writer in the daemon; batches
 //!  │                    writes (`registry::writer`: services hold only a `RegistryHandle`)
 //!  ├─ ServiceActor × N  one per service instance (or an extension kind's actor)
-//!  └─ control socket    <root>/.psm/coordinator.sock, newline-delimited JSON, same uid only
+//!  └─ control socket    <root>/.psm/coordinator.sock (or /tmp/psm-<uid>/<hash>.sock
+//!                       for a deep root: `Paths::control_socket`), JSON lines, same uid only
 //! ```
 //!
 //! [`run`] is the daemon's `main` as a library function. It holds an exclusive
 //! `flock` on `<root>/.psm/coordinator.lock` for its whole life, so two
 //! coordinators can never run on one root; the kernel releases it when the
-//! process dies, whatever the way.
+//! process dies, whatever the way. `psm down` leaves a [`DownMark`]; a run
+//! with `respect_down` (the watchdog's, a KeepAlive agent's) then starts
+//! nothing, any other run clears it.
 
 mod actor;
 pub mod client;
