@@ -300,17 +300,28 @@ fn recover(
     let started = now_millis();
     // With --respect-down: should `psm down` run while we recover, the new
     // coordinator sees its mark and starts nothing.
-    let spawned = coordinator::spawn_background(paths, &config, true);
-    let healthy = match &spawned {
+    let mut spawned = coordinator::spawn_background(paths, &config, true);
+    let healthy = match &mut spawned {
         Ok(child) => {
             actions.push(format!("started coordinator pid {}", child.id()));
-            wait_heartbeat(store, started)
+            wait_heartbeat(paths, store, started, child)
         }
         Err(e) => {
             actions.push(format!("could not start a coordinator: {e}"));
             None
         }
     };
+    if let (None, Some(mark)) = (healthy, DownMark::read(paths)) {
+        actions.push("`psm down` came in meanwhile: it started nothing".into());
+        return Ok(Report {
+            judgement: Judgement {
+                verdict: Verdict::Stopped,
+                reason: mark.note,
+            },
+            action: actions.join("; "),
+            ok: true,
+        });
+    }
     let ok = healthy.is_some();
     if let Some(pid) = healthy {
         actions.push(format!("coordinator pid {pid} healthy"));
@@ -337,11 +348,21 @@ fn wait_gone(identity: Identity) {
     }
 }
 
-/// Waits for a live coordinator whose heartbeat is newer than `since`.
-fn wait_heartbeat(store: &Store, since: u64) -> Option<i32> {
+/// Waits for a live coordinator whose heartbeat is newer than `since`; stops
+/// early when `child` has exited and `psm down` has left its mark (the child
+/// then started nothing on purpose).
+fn wait_heartbeat(
+    paths: &Paths,
+    store: &Store,
+    since: u64,
+    child: &mut std::process::Child,
+) -> Option<i32> {
     let key = ServiceKey::global(COORDINATOR_NAME);
     let deadline = Instant::now() + RECOVERY_WAIT;
     while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) && DownMark::read(paths).is_some() {
+            return None;
+        }
         if let Ok(reg) = store.read_within(LOCK_PATIENCE) {
             if let Some(r) = reg.get(&key) {
                 if r.last_health_check >= since && r.is_alive() {
