@@ -593,6 +593,27 @@ fn down_stays_down_until_up() {
     assert!(said.starts_with("ok: "), "{said}");
 }
 
+/// A symlink planted where `down` leaves its mark is replaced, never written
+/// through: the file it points to keeps its content, and the mark is a
+/// regular 0600 file that still keeps psm down.
+#[test]
+fn down_never_writes_its_mark_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    root.write_config(FAST);
+    root.up();
+    let victim = root.file("victim");
+    fs::write(&victim, "keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, root.file(".psm/down")).unwrap();
+    root.ok(&["down"]);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me");
+    let mark = fs::symlink_metadata(root.file(".psm/down")).unwrap();
+    assert!(mark.is_file(), "{mark:?}");
+    assert_eq!(mark.permissions().mode() & 0o777, 0o600);
+    let said = succeeded(&watchdog(&root, &[]), "watchdog after down");
+    assert!(said.starts_with("stopped: "), "{said}");
+}
+
 /// A coordinator with a long health interval (`5m`) whose heartbeat is an
 /// hour old but that answers on its control socket is left alone: the
 /// coordinator records its interval, the watchdog (no `--max-age`) finds the
