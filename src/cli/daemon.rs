@@ -33,6 +33,8 @@ const DOWN_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What `down` allows beyond the longest stop timeout: the last registry
 /// writes and the exit of a coordinator on a loaded machine.
 const DOWN_SLACK: Duration = Duration::from_secs(10);
+/// The longest `down` waits before it SIGKILLs the coordinator.
+const DOWN_WAIT_MAX: Duration = Duration::from_secs(3600);
 
 pub(super) fn config_path(paths: &Paths, args: &ConfigArgs) -> PathBuf {
     resolve_config(paths, args.config.as_deref())
@@ -307,9 +309,11 @@ pub fn down(paths: &Paths) -> CliResult {
 }
 
 /// How long `down` waits for the coordinator: its services stop in
-/// parallel, each within its stop timeout, plus slack.
+/// parallel, each within its stop timeout, plus slack; an absurd stop
+/// timeout is waited for an hour at most.
 fn down_limit(stop_timeouts: &[Duration]) -> Duration {
-    stop_timeouts.iter().max().copied().unwrap_or_default() + DOWN_SLACK
+    let longest = stop_timeouts.iter().max().copied().unwrap_or_default();
+    longest.saturating_add(DOWN_SLACK).min(DOWN_WAIT_MAX)
 }
 
 /// The stop timeouts of the config the running coordinator recorded (else
@@ -456,4 +460,24 @@ pub fn logs(paths: &Paths, args: &LogsArgs) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_waits_for_the_longest_stop_timeout_plus_slack_within_an_hour() {
+        let s = Duration::from_secs;
+        let table: [(&[Duration], Duration); 5] = [
+            (&[], s(10)),
+            (&[s(2)], s(12)),
+            (&[s(2), s(30), s(5)], s(40)),
+            (&[s(3595)], s(3600)),
+            (&[Duration::MAX], s(3600)),
+        ];
+        for (i, (timeouts, expected)) in table.into_iter().enumerate() {
+            assert_eq!(down_limit(timeouts), expected, "row {i}");
+        }
+    }
 }
