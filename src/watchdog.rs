@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 
 use crate::coordinator::client;
 use crate::coordinator::protocol::Request;
-use crate::coordinator::{self, CoordinatorLock, DownMark, COORDINATOR_NAME};
+use crate::coordinator::{self, CoordinatorLock, DownMark, COORDINATOR_NAME, INTERVAL_KEY};
 use crate::paths::Paths;
 use crate::process::{signal_tree, Identity, ProcInfo};
 use crate::registry::{ServiceKey, ServiceRecord, Store, StoreError};
@@ -44,8 +44,6 @@ use crate::time::now_millis;
 /// Heartbeat age beyond which a coordinator that records no health
 /// interval (an older psm) counts as stale.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
-/// Where the coordinator records its health interval (ms) in its metadata.
-pub const INTERVAL_KEY: &str = "healthIntervalMs";
 /// What a heartbeat may be late beyond two intervals: a loaded machine, a
 /// long registry write, a suspended laptop waking up.
 const STALE_SLACK: Duration = Duration::from_secs(60);

@@ -115,7 +115,7 @@ impl CoordinatorActor {
         meta.insert("services".into(), Value::from(self.services.len()));
         // The watchdog derives how old a heartbeat may be from it.
         meta.insert(
-            crate::watchdog::INTERVAL_KEY.into(),
+            super::INTERVAL_KEY.into(),
             Value::from(self.config.health_interval.as_millis() as u64),
         );
         record.metadata = meta;

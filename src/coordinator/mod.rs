@@ -38,6 +38,10 @@ use crate::paths::Paths;
 use crate::registry::{RegistryActor, Store};
 use crate::supervisor::Extensions;
 
+/// The heartbeat metadata key of the coordinator's health interval (ms),
+/// from which the watchdog derives how old a heartbeat may be.
+pub const INTERVAL_KEY: &str = "healthIntervalMs";
+
 /// What the coordinator needs to run.
 pub struct Settings {
     pub paths: Paths,
