@@ -47,11 +47,13 @@ pub enum Command {
     #[command(subcommand)]
     Session(SessionCommand),
     /// Run the coordinator in the foreground (launchd, systemd, debugging).
-    Coordinator(ConfigArgs),
+    Coordinator(CoordinatorArgs),
     /// Start the coordinator in the background if none runs, wait until it
     /// is healthy, and show the status.
     Up(ConfigArgs),
-    /// Stop every service and the coordinator.
+    /// Stop every service and the coordinator, and keep them stopped: the
+    /// watchdog, `verify --fix` and launchd agents start nothing until
+    /// `psm up` (or `psm coordinator`). Returns when all of it is gone.
     Down,
     /// Start a configured service (also one that failed or was stopped).
     Start(TargetArgs),
@@ -75,9 +77,11 @@ pub enum Command {
 pub struct WatchdogArgs {
     #[command(subcommand)]
     pub action: Option<WatchdogAction>,
-    /// A heartbeat older than this means the coordinator is hung.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
-    pub max_age: std::time::Duration,
+    /// A heartbeat older than this makes the watchdog ask the coordinator
+    /// (ping) and kill it if it does not answer. Default: twice the health
+    /// interval the coordinator records, plus a minute.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_age: Option<std::time::Duration>,
     /// The config to start a coordinator with when its record names none
     /// (default <root>/psm.toml).
     #[arg(long, value_name = "FILE")]
@@ -228,6 +232,16 @@ pub struct TargetArgs {
     /// Only the instance of this project (per-project services); default: all.
     #[arg(long, value_name = "PATH")]
     pub project: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Exit 0 without starting if `psm down` stopped this root on purpose
+    /// (for launchd/systemd agents); without it, the mark is cleared.
+    #[arg(long)]
+    pub respect_down: bool,
 }
 
 #[derive(Debug, Args)]

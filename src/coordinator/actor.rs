@@ -158,6 +158,11 @@ impl CoordinatorActor {
             Value::from(self.paths.control_socket().display().to_string()),
         );
         meta.insert("services".into(), Value::from(self.services.len()));
+        // The watchdog derives how old a heartbeat may be from it.
+        meta.insert(
+            super::INTERVAL_KEY.into(),
+            Value::from(self.config.health_interval.as_millis() as u64),
+        );
         record.metadata = meta;
         self.registry.do_send(Persist(RegistryOp::Upsert {
             key: Self::key(),

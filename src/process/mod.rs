@@ -7,6 +7,7 @@ pub mod macos;
 pub mod procargs;
 pub mod signal;
 pub mod spawn;
+pub mod tree;
 
 pub use identity::{Identity, ProcInfo};
 pub use signal::{signal_tree, terminate, StopOutcome, StopRequest};
