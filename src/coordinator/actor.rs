@@ -47,6 +47,10 @@ use crate::supervisor::{
 };
 use crate::time::now_millis;
 
+/// How long past its stop timeout a service actor may take to confirm a
+/// stop before the coordinator goes on without it.
+const STOP_REPLY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The coordinator's own registry record (the seed's name).
 pub const COORDINATOR_NAME: &str = "global-service-coordinator";
 
@@ -457,6 +461,8 @@ impl CoordinatorActor {
         pool
     }
 
+    /// Stops the actors of `keys` (removing them from the tree at once);
+    /// the future resolves when every one has confirmed.
     fn stop_keys(
         &mut self,
         keys: Vec<ServiceKey>,
@@ -465,13 +471,23 @@ impl CoordinatorActor {
         let stops: Vec<_> = keys
             .into_iter()
             .filter_map(|k| self.services.remove(&k))
-            .map(|m| m.handle.stop.send(StopService { keep_record }))
+            .map(|m| {
+                // A stop ends within its stop timeout (then SIGKILL) and the
+                // moment the exit is seen. An actor silent far beyond that
+                // (an extension kind's bug, a process stuck in the kernel)
+                // must not hold every later change back for ever.
+                let patience = m.instance.spec.stop_timeout + STOP_REPLY_GRACE;
+                let stop = m.handle.stop.send(StopService { keep_record });
+                (m.instance.label, stop.timeout(patience))
+            })
             .collect();
         // `send` has already queued every message, so the services stop in
         // parallel; awaiting the replies one by one only collects them.
         async move {
-            for stop in stops {
-                let _ = stop.await;
+            for (label, stop) in stops {
+                if let Err(MailboxError::Timeout) = stop.await {
+                    error!(service = %label, "did not confirm its stop in time; going on without it");
+                }
             }
         }
     }
