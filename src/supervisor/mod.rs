@@ -3,9 +3,13 @@
 //! through which new probes and service kinds plug in as actors.
 
 pub mod extension;
+pub mod fingerprint;
 pub mod health;
+pub mod messages;
+pub mod phase;
 pub mod policy;
 pub mod service;
 
-pub use extension::{Extensions, KindContext, ProbeHealth, ServiceHandle, ServiceKind};
-pub use service::{RestartService, ServiceActor, StopService};
+pub use extension::{Extensions, KindContext, ServiceHandle, ServiceKind};
+pub use messages::{ProbeHealth, RestartService, StopService};
+pub use service::ServiceActor;
