@@ -152,10 +152,11 @@ impl Ctx<'_> {
             let (key, tail) = rest.split_once('`').unwrap_or((rest, ""));
             let expected = backticked(tail);
             if expected.is_empty() {
-                format!("unknown key '{key}' in {within}; remove it")
+                format!("unknown key '{}' in {within}; remove it", shown(key))
             } else {
                 format!(
-                    "unknown key '{key}' in {within}; expected one of {}",
+                    "unknown key '{}' in {within}; expected one of {}",
+                    shown(key),
                     expected.join(", ")
                 )
             }
@@ -168,7 +169,8 @@ impl Ctx<'_> {
             if raw.starts_with("invalid duration") {
                 format!("{raw}{for_key} in {within}: {DURATION_HINT}")
             } else {
-                format!("bad value{for_key} in {within}: {raw}")
+                // toml echoes the value, which may be huge.
+                format!("bad value{for_key} in {within}: {}", shown(&raw))
             }
         };
         self.error(at, message)
@@ -192,7 +194,7 @@ impl Ctx<'_> {
         let table = match header {
             None => "the top level".to_string(),
             Some((from, h)) if h == "[[service]]" => match service_name_after(self.text, from) {
-                Some(name) => format!("[[service]] '{name}'"),
+                Some(name) => format!("[[service]] '{}'", shown(&name)),
                 None => h,
             },
             Some((_, h)) => h,

@@ -37,7 +37,7 @@ impl Ctx<'_> {
                     Some(entry.span().start),
                     format!(
                         "'projects' entry '{}' is not absolute: give the full path of the project directory",
-                        entry.get_ref()
+                        shown(entry.get_ref())
                     ),
                 ));
             }
@@ -104,7 +104,7 @@ impl Ctx<'_> {
                     Some(type_at),
                     format!(
                         "unknown 'type' '{}' in {within}: use global or per-project",
-                        raw.service_type.get_ref()
+                        shown(raw.service_type.get_ref())
                     ),
                 ))
             }
@@ -132,7 +132,7 @@ impl Ctx<'_> {
             if bad {
                 return Err(self.error(
                     Some(key.span().start),
-                    format!("invalid variable name '{}' in 'env' of {within}: use a name without '=' or NUL", key.get_ref()),
+                    format!("invalid variable name '{}' in 'env' of {within}: use a name without '=' or NUL", shown(key.get_ref())),
                 ));
             }
             env.insert(key.into_inner(), value);
@@ -148,7 +148,7 @@ impl Ctx<'_> {
             Some(s) => parse_signal(s.get_ref()).ok_or_else(|| {
                 self.error(
                     Some(s.span().start),
-                    format!("unknown signal '{}' for 'stop-signal' in {within}: use a name like TERM, INT, HUP, QUIT or a number", s.get_ref()),
+                    format!("unknown signal '{}' for 'stop-signal' in {within}: use a name like TERM, INT, HUP, QUIT or a number", shown(s.get_ref())),
                 )
             })?,
         };
