@@ -315,6 +315,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths)?;
 
+    let control_limits = settings.config.control;
     let system = System::new();
     let registry_thread = Arbiter::new();
     system.block_on(async {
@@ -330,7 +331,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
             registry,
         )
         .start();
-        control::serve(listener, coordinator.clone());
+        control::serve(listener, coordinator.clone(), control_limits);
         actor::forward_signals(coordinator);
     });
     info!(root = %settings.paths.root().display(), pid = std::process::id(), "coordinator running");
