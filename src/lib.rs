@@ -47,6 +47,7 @@
 pub mod cli;
 pub mod config;
 pub mod coordinator;
+pub mod fsx;
 pub mod input;
 pub mod logs;
 pub mod paths;

@@ -54,14 +54,11 @@ impl Paths {
         self.root.join(format!("{REGISTRY_FILE}.lock"))
     }
 
-    /// Where a save is staged before it is renamed over the registry.
-    pub fn registry_tmp(&self) -> PathBuf {
-        self.root.join(format!("{REGISTRY_FILE}.tmp"))
-    }
-
-    /// Where an unparseable registry is preserved before anything replaces it.
-    pub fn registry_corrupt_copy(&self, millis: u64) -> PathBuf {
-        self.root.join(format!("{REGISTRY_FILE}.corrupt-{millis}"))
+    /// Where an unparseable registry is preserved before anything replaces
+    /// it; `hash` ([`short_hash`] of its bytes) makes one copy per content.
+    pub fn registry_corrupt_copy(&self, millis: u64, hash: &str) -> PathBuf {
+        self.root
+            .join(format!("{REGISTRY_FILE}.corrupt-{millis}-{hash}"))
     }
 
     pub fn logs_dir(&self) -> PathBuf {
@@ -102,4 +99,16 @@ impl Paths {
     pub fn default_config(&self) -> PathBuf {
         self.root.join("psm.toml")
     }
+}
+
+/// A short stable hash of `bytes` (FNV-1a, 64 bits, in hex): for names that
+/// must be the same in every psm version (copies of a corrupt registry,
+/// shortened log names), where `std`'s hasher promises no stability. Not a
+/// defence against collisions chosen by an attacker: callers that must be
+/// exact compare the bytes too.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }

@@ -3,7 +3,6 @@
 //! it safely can (dead records, a missing coordinator) and checks again.
 
 use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Config, HealthSpec};
 use crate::coordinator::COORDINATOR_NAME;
+use crate::fsx::Dir;
 use crate::paths::Paths;
 use crate::process::{Identity, ProcInfo};
 use crate::registry::{Registry, ServiceKey, Store};
@@ -142,7 +142,11 @@ fn check_config(path: &Path, out: &mut Vec<Finding>) -> Option<Config> {
             Some(c)
         }
         Err(e) => {
-            out.push(finding("config", Level::Fail, e.to_string()));
+            out.push(finding(
+                "config",
+                Level::Fail,
+                format!("{:#}", anyhow::Error::from(e)),
+            ));
             None
         }
     }
@@ -153,15 +157,20 @@ fn check_writable(paths: &Paths, out: &mut Vec<Finding>) {
         ("root", paths.root().to_path_buf()),
         ("logs", paths.logs_dir()),
     ] {
-        let probe = dir.join(format!(".psm-verify-{}", std::process::id()));
-        let result = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .and_then(|()| std::fs::write(&probe, b"x"))
-            .and_then(|()| std::fs::remove_file(&probe));
+        // Through fsx: a `.logs` that is a link or not ours is reported,
+        // and the probe is never written outside the root.
+        let opened = if name == "root" {
+            Dir::open(&dir)
+        } else {
+            Dir::own(&dir, true, false)
+        };
+        let result = opened.and_then(|d| {
+            let (_file, probe) = d.create_temp(".psm-verify-")?;
+            d.remove(probe).map(drop)
+        });
         out.push(match result {
             Ok(()) => finding(name, Level::Pass, format!("{} is writable", dir.display())),
+            Err(e) if crate::fsx::is_refusal(&e) => finding(name, Level::Fail, e.to_string()),
             Err(e) => finding(
                 name,
                 Level::Fail,

@@ -189,7 +189,13 @@ fn target(args: &TargetArgs) -> Result<Target, CliError> {
 }
 
 pub fn control(paths: &Paths, make: fn(Target) -> Request, args: &TargetArgs) -> CliResult {
-    let resp = send(paths, make(target(args)?))?;
+    let target = target(args)?;
+    // The coordinator answers once the registry says what it did: a stuck
+    // lock holder is named now rather than after the request timeout.
+    crate::registry::Store::new(paths.clone())
+        .check_lock()
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let resp = send(paths, make(target))?;
     println!("{}", resp.message);
     Ok(ExitCode::SUCCESS)
 }

@@ -537,7 +537,10 @@ impl CoordinatorActor {
             match Config::load(&self.config_path) {
                 Ok(c) => c,
                 Err(e) => {
-                    let msg = format!("reload refused, the running config stays: {e}");
+                    let msg = format!(
+                        "reload refused, the running config stays: {:#}",
+                        anyhow::Error::from(e)
+                    );
                     error!("{msg}");
                     return Box::pin(fut::ready(Response::error(msg)));
                 }

@@ -18,9 +18,8 @@ mod control;
 pub mod protocol;
 pub mod registry_actor;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
@@ -65,24 +64,14 @@ pub struct CoordinatorLock {
 impl CoordinatorLock {
     /// Takes the lock without waiting, or reports who holds it.
     pub fn acquire(paths: &Paths) -> anyhow::Result<Result<Self, Option<i32>>> {
-        let dir = paths.runtime_dir();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating runtime directory {}", dir.display()))?;
-        // An existing directory keeps its mode; ours must be private.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("securing {}", dir.display()))?;
-        let path = paths.coordinator_lock();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        // A real directory of ours, made 0700 through its fd: a `.psm` that
+        // is a link (or not ours) is refused, never chmodded or written into.
+        let mut file = crate::fsx::open_in_own_dir(
+            &paths.coordinator_lock(),
+            true,
+            true,
+            crate::fsx::How::ReadWrite,
+        )?;
         if FileExt::try_lock_exclusive(&file).is_err() {
             return Ok(Err(read_holder(&mut file)));
         }
@@ -95,7 +84,15 @@ impl CoordinatorLock {
 
     /// The pid of the coordinator holding the lock, if one does.
     pub fn holder(paths: &Paths) -> Option<Option<i32>> {
-        let mut file = File::open(paths.coordinator_lock()).ok()?;
+        // Without following links: a planted `.psm` link reads as "no
+        // coordinator", and starting one then refuses the link.
+        let mut file = crate::fsx::open_in_own_dir(
+            &paths.coordinator_lock(),
+            false,
+            false,
+            crate::fsx::How::Read,
+        )
+        .ok()?;
         if FileExt::try_lock_shared(&file).is_ok() {
             return None;
         }
@@ -161,7 +158,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     let system = System::new();
     let registry_thread = Arbiter::new();
     system.block_on(async {
-        let store = Store::new(settings.paths.clone());
+        let store = Store::patient(settings.paths.clone());
         let registry = RegistryActor::start_in_arbiter(&registry_thread.handle(), move |_| {
             RegistryActor::new(store)
         });

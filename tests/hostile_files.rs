@@ -1,0 +1,337 @@
+//! psm never touches what is not its own and never hangs on a special file:
+//! links, FIFOs and directories planted where its files belong are refused
+//! with one line, and whatever a link points to stays byte for byte as it was.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::{output_within, stderr, wait_for, wait_until, Root, FAST};
+
+/// How long a refused command may take: far beyond a refusal, far below a hang.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A file outside the root whose bytes and mode must survive.
+struct Precious {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+const BYTES: &[u8] = b"precious bytes outside the root\n";
+
+impl Precious {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("precious.txt");
+        fs::write(&path, BYTES).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        Precious { dir, path }
+    }
+
+    fn assert_intact(&self) {
+        assert_eq!(fs::read(&self.path).unwrap(), BYTES, "the target changed");
+        let mode = fs::metadata(&self.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "the target's mode changed");
+        let dir_mode = fs::metadata(self.dir.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o755, "the target's directory mode changed");
+    }
+}
+
+/// Removes a planted special file before the root's clean-up (declared after
+/// the root, so dropped first), even when the test fails: that clean-up
+/// reads the registry, and a FIFO would hang it.
+struct Unplant(PathBuf);
+
+impl Drop for Unplant {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0).or_else(|_| fs::remove_dir(&self.0));
+    }
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Runs `psm args…` in `root` within [`BOUND`].
+fn run(root: &Root, args: &[&str]) -> Output {
+    let mut cmd = root.cmd();
+    cmd.args(args).env("PSM_LOCK_TIMEOUT", "1s");
+    output_within(cmd, BOUND, &format!("psm {args:?} to finish"))
+}
+
+/// Asserts a failure: non-zero exit and exactly one stderr line saying `says`.
+fn fails_with_one_line(out: &Output, args: &str, says: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "psm {args} succeeded: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "psm {args} must say one line: {err}"
+    );
+    assert!(
+        err.contains(says),
+        "psm {args}: expected '{says}' in: {err}"
+    );
+}
+
+/// A registry temp-file name planted as a link: a save never writes through it.
+#[test]
+fn planted_registry_temp_link_is_never_written_through() {
+    let root = Root::new();
+    let target = Precious::new();
+    symlink(&target.path, root.file(".live-process-registry.json.tmp")).unwrap();
+    let child = root.sleeper();
+    root.ok(&["register", "web", &child.id().to_string(), "global", "w"]);
+    target.assert_intact();
+    assert_eq!(
+        root.global("web")["pid"].as_u64(),
+        Some(u64::from(child.id()))
+    );
+}
+
+/// A dangling lock-file link: `status` refuses it and creates nothing.
+#[test]
+fn dangling_lock_link_is_refused_and_not_created() {
+    let root = Root::new();
+    let outside = tempfile::tempdir().unwrap();
+    let nowhere = outside.path().join("created-by-psm");
+    symlink(&nowhere, root.file(".live-process-registry.json.lock")).unwrap();
+    for args in [&["status"][..], &["cleanup"], &["get", "web", "global"]] {
+        let out = run(&root, args);
+        fails_with_one_line(&out, &format!("{args:?}"), "is a symbolic link");
+        assert!(!nowhere.exists(), "psm {args:?} created the link's target");
+    }
+    assert!(root.registry_bytes().is_none());
+}
+
+/// A `.psm` that is a link to a directory elsewhere: the coordinator refuses
+/// it; the directory keeps its mode, its socket file and its lock file.
+#[test]
+fn runtime_dir_link_is_refused() {
+    let root = Root::new();
+    let target = Precious::new();
+    let sock = target.dir.path().join("coordinator.sock");
+    let lock = target.dir.path().join("coordinator.lock");
+    fs::write(&sock, b"not ours").unwrap();
+    fs::write(&lock, b"not ours either").unwrap();
+    symlink(target.dir.path(), root.file(".psm")).unwrap();
+    let out = run(&root, &["coordinator"]);
+    fails_with_one_line(&out, "coordinator", ".psm is a symbolic link");
+    target.assert_intact();
+    assert_eq!(fs::read(&sock).unwrap(), b"not ours");
+    assert_eq!(fs::read(&lock).unwrap(), b"not ours either");
+}
+
+/// A `.logs` link, or a log file that is a link or a FIFO: a session service
+/// is refused with one line and nothing is written outside the root.
+#[test]
+fn log_links_and_fifos_are_refused() {
+    let root = Root::new();
+    let target = Precious::new();
+    fs::create_dir(root.file(".logs")).unwrap();
+    symlink(&target.path, root.file(".logs/s1.web.log")).unwrap();
+    mkfifo(&root.file(".logs/s1.fifo.log"));
+    let args = ["session", "spawn", "--session", "s1"];
+    for (name, says) in [("web", "is a symbolic link"), ("fifo", "is a FIFO")] {
+        let mut all = args.to_vec();
+        all.extend([name, "--", "sleep", "1000"]);
+        let out = run(&root, &all);
+        fails_with_one_line(&out, name, says);
+    }
+    target.assert_intact();
+
+    let other = Root::new();
+    symlink(target.dir.path(), other.file(".logs")).unwrap();
+    let out = run(
+        &other,
+        &["session", "spawn", "--session", "s1", "web", "--", "true"],
+    );
+    fails_with_one_line(&out, "spawn with .logs a link", ".logs is a symbolic link");
+    assert_eq!(fs::read_dir(target.dir.path()).unwrap().count(), 1);
+    target.assert_intact();
+    assert!(
+        root.registry_bytes().is_none()
+            || root.registry()["services"]["sessions"]
+                .as_object()
+                .is_none_or(|m| m.is_empty())
+    );
+}
+
+/// Rotation over planted `.log.1` / `.log.2` links replaces the links and
+/// never truncates, overwrites or chmods their targets; a service whose log
+/// itself is a link is not started and the coordinator says why.
+#[test]
+fn rotation_never_writes_through_links() {
+    let root = Root::new();
+    let one = Precious::new();
+    let two = Precious::new();
+    let three = Precious::new();
+    fs::create_dir(root.file(".logs")).unwrap();
+    symlink(&one.path, root.file(".logs/chatty.log.1")).unwrap();
+    symlink(&two.path, root.file(".logs/chatty.log.2")).unwrap();
+    symlink(&three.path, root.file(".logs/linked.log")).unwrap();
+    root.write_config(&format!(
+        "{FAST}[logs]\nmax-size = 1000\nkeep = 2\n\n\
+         [[service]]\nname = \"chatty\"\ntype = \"global\"\ncommand = [\"sh\", \"-c\", \"while :; do echo 0123456789012345678901234567890123456789; sleep 0.005; done\"]\n\n\
+         [[service]]\nname = \"linked\"\ntype = \"global\"\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    root.up();
+    // Two rotations: `.1` (a link) moved to `.2`, then replaced by a copy.
+    wait_for(Duration::from_secs(20), "two rotations of chatty", || {
+        let regular = |p: PathBuf| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+        regular(root.file(".logs/chatty.log.1")) && regular(root.file(".logs/chatty.log.2"))
+    });
+    wait_for(
+        Duration::from_secs(20),
+        "the refusal of linked.log logged",
+        || {
+            root.read(".logs/coordinator.log")
+                .contains("linked.log is a symbolic link")
+        },
+    );
+    one.assert_intact();
+    two.assert_intact();
+    three.assert_intact();
+    assert!(fs::symlink_metadata(root.file(".logs/linked.log"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// A registry that is a FIFO, a directory or a socket: `status`, `register`,
+/// `verify` and `watchdog` end at once with one line; the file stays.
+#[test]
+fn special_registry_never_hangs() {
+    for kind in ["FIFO", "directory", "socket"] {
+        let root = Root::new();
+        let registry = root.registry_path();
+        let _unplant = Unplant(registry.clone());
+        let _listener = match kind {
+            "FIFO" => {
+                mkfifo(&registry);
+                None
+            }
+            "directory" => {
+                fs::create_dir(&registry).unwrap();
+                None
+            }
+            _ => Some(std::os::unix::net::UnixListener::bind(&registry).unwrap()),
+        };
+        let child = root.sleeper();
+        let pid = child.id().to_string();
+        for args in [
+            &["status"][..],
+            &["register", "web", &pid, "global", "w"],
+            &["cleanup"],
+        ] {
+            let out = run(&root, args);
+            fails_with_one_line(&out, &format!("{kind} {args:?}"), &format!("is a {kind}"));
+        }
+        for args in [&["verify"][..], &["watchdog"]] {
+            let out = run(&root, args);
+            assert!(!out.status.success(), "{kind} {args:?}");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+            assert!(
+                text.contains(&format!("is a {kind}")),
+                "{kind} {args:?}: {text}"
+            );
+        }
+        if kind == "FIFO" {
+            assert!(is_fifo(&registry));
+        }
+    }
+}
+
+/// A FIFO psm.toml: `up` and `verify` end at once with one line, and `reload`
+/// fails without stopping a running coordinator's supervision.
+#[test]
+fn fifo_config_never_hangs_and_reload_keeps_supervising() {
+    let root = Root::new();
+    let config = root.file("psm.toml");
+    mkfifo(&config);
+    let out = run(&root, &["up"]);
+    fails_with_one_line(&out, "up", "is a FIFO");
+    assert!(root.coordinator_pid().is_none());
+    let out = run(&root, &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && text.contains("is a FIFO"),
+        "{text}"
+    );
+
+    fs::remove_file(&config).unwrap();
+    root.write_config(&format!(
+        "{FAST}[[service]]\nname = \"web\"\ntype = \"global\"\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    root.up();
+    let first = root.service_pid("web");
+    fs::remove_file(&config).unwrap();
+    mkfifo(&config);
+    let out = run(&root, &["reload"]);
+    fails_with_one_line(&out, "reload", "is a FIFO");
+    // Still supervising: a killed service is started again.
+    support::sigkill(first);
+    wait_until(Duration::from_secs(20), "web restarted", || {
+        let r = root.global("web");
+        match support::pid_of(&r) {
+            Some(p) if p != first && support::alive(p) => Ok(()),
+            _ => Err(r),
+        }
+    });
+}
+
+/// A stopped process holding the registry lock: every command ends within
+/// its deadline with one line naming that process.
+#[test]
+fn lock_wait_has_a_deadline_naming_the_holder() {
+    let root = Root::new();
+    root.ok(&["status"]); // creates the lock file
+    let lock = root.file(".live-process-registry.json.lock");
+    let holder = support::Children(vec![Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .args(["sleep", "1000"])
+        .process_group(0)
+        .spawn()
+        .expect("flock(1)")]);
+    let pid = holder.0[0].id() as i32;
+    root.reaper.group(pid);
+    let named = format!("held by pid {pid}");
+    wait_until(Duration::from_secs(10), "flock(1) holding the lock", || {
+        let mut cmd = root.cmd();
+        cmd.arg("status").env("PSM_LOCK_TIMEOUT", "50ms");
+        let out = output_within(cmd, BOUND, "status");
+        let err = stderr(&out);
+        if err.contains(&named) {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    });
+    unsafe { libc::kill(-pid, libc::SIGSTOP) };
+    let sleeper = root.sleeper();
+    let spid = sleeper.id().to_string();
+    for args in [
+        &["status"][..],
+        &["get", "web", "global"],
+        &["cleanup"],
+        &["register", "web", &spid, "global", "w"],
+        &["stop", "web"],
+        &["session", "cleanup", "s1"],
+    ] {
+        let out = run(&root, args);
+        fails_with_one_line(&out, &format!("{args:?}"), &named);
+    }
+    assert!(root.registry_bytes().is_none());
+}
