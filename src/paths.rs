@@ -67,12 +67,13 @@ impl Paths {
 
     /// Log of a per-session service started by `psm session spawn`.
     pub fn session_service_log(&self, session: &str, name: &str) -> PathBuf {
-        self.logs_dir().join(format!("{session}.{name}.log"))
+        self.logs_dir()
+            .join(format!("{}.log", log_stem(&format!("{session}.{name}"))))
     }
 
     /// Log of a service instance run by the coordinator.
     pub fn service_log(&self, instance: &str) -> PathBuf {
-        self.logs_dir().join(format!("{instance}.log"))
+        self.logs_dir().join(format!("{}.log", log_stem(instance)))
     }
 
     pub fn coordinator_log(&self) -> PathBuf {
@@ -111,4 +112,62 @@ pub fn short_hash(bytes: &[u8]) -> String {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     format!("{hash:016x}")
+}
+
+/// The longest log file stem: with `.log`, a rotation suffix (`.1` … up to
+/// ten digits) and the temp name a rotation writes (`.log.1.tmp-` and 16 hex
+/// digits), a file name stays under the 255 bytes file systems allow.
+const MAX_LOG_STEM: usize = 200;
+
+/// `label` if it fits [`MAX_LOG_STEM`] bytes, else its start and a hash of
+/// the whole: the longest names the README allows (128-character service
+/// name plus a 128-character project or session) would otherwise give a log
+/// name no file system accepts, and that service could never start. The
+/// hash keeps two long labels with the same start apart.
+fn log_stem(label: &str) -> std::borrow::Cow<'_, str> {
+    if label.len() <= MAX_LOG_STEM {
+        return label.into();
+    }
+    let hash = short_hash(label.as_bytes());
+    let mut cut = MAX_LOG_STEM - hash.len() - 1;
+    while !label.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{hash}", &label[..cut]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short labels are kept; long ones are cut to a prefix plus a hash,
+    /// within the limit, distinct for distinct labels, at a char boundary.
+    #[test]
+    fn log_stems_table() {
+        let long_a = format!("{}@{}", "a".repeat(128), "p".repeat(128));
+        let long_b = format!("{}@{}", "a".repeat(128), "q".repeat(128));
+        let wide = "é".repeat(150);
+        let cases: [(&str, bool); 5] = [
+            ("web", true),
+            ("web@proj", true),
+            (&"x".repeat(MAX_LOG_STEM), true),
+            (&long_a, false),
+            (&wide, false),
+        ];
+        for (label, kept) in cases {
+            let stem = log_stem(label);
+            assert!(stem.len() <= MAX_LOG_STEM, "{label}");
+            assert_eq!(stem == label, kept, "{label}");
+            if !kept {
+                assert!(label.starts_with(stem.rsplit_once('-').unwrap().0));
+            }
+        }
+        assert_ne!(log_stem(&long_a), log_stem(&long_b));
+        let paths = Paths::new("/r");
+        let name = paths.service_log(&long_a);
+        let file = name.file_name().unwrap().len();
+        assert!(file + ".1.tmp-0123456789abcdef".len() <= 255, "{file}");
+        let session = paths.session_service_log(&"s".repeat(128), &"n".repeat(128));
+        assert!(session.file_name().unwrap().len() <= MAX_LOG_STEM + 4);
+    }
 }

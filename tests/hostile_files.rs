@@ -335,3 +335,93 @@ fn lock_wait_has_a_deadline_naming_the_holder() {
     }
     assert!(root.registry_bytes().is_none());
 }
+
+/// The longest names allowed (128-character service name with a
+/// 128-character project or session) start, log, and `psm logs` reads them.
+#[test]
+fn longest_names_start_and_log() {
+    let root = Root::new();
+    let name = format!("n{}", "x".repeat(127));
+    let project = root.path().canonicalize().unwrap().join("p".repeat(128));
+    fs::create_dir(&project).unwrap();
+    root.write_config(&format!(
+        "{FAST}projects = [\"{}\"]\n\n[[service]]\nname = \"{name}\"\ntype = \"per-project\"\n\
+         command = [\"sh\", \"-c\", \"echo hello from the long one; exec sleep 1000\"]\n",
+        project.display()
+    ));
+    root.up();
+    let project_arg = project.display().to_string();
+    wait_until(Duration::from_secs(20), "the long service's log", || {
+        let out = run(
+            &root,
+            &["logs", &name, "--project", &project_arg, "-n", "5"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("hello from the long one") {
+            Ok(())
+        } else {
+            Err(format!("{text}{}", stderr(&out)))
+        }
+    });
+
+    let session = format!("s{}", "y".repeat(127));
+    let sleeper = root.sleeper();
+    root.ok(&[
+        "session",
+        "register",
+        &session,
+        &sleeper.id().to_string(),
+        &project_arg,
+    ]);
+    let spawned = root.ok(&[
+        "session",
+        "spawn",
+        "--session",
+        &session,
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo hello from the session; exec sleep 1000",
+    ]);
+    let pid: i32 = spawned.trim().parse().unwrap();
+    root.reaper.group(pid);
+    wait_for(Duration::from_secs(20), "the session service's log", || {
+        fs::read_dir(root.file(".logs"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name().to_string_lossy().starts_with(&session[..100])
+                    && fs::read_to_string(e.path())
+                        .is_ok_and(|t| t.contains("hello from the session"))
+            })
+    });
+}
+
+/// `psm logs -n 10` of a 2 GB log without a newline reads a bounded tail:
+/// it succeeds under a 512 MB address-space limit.
+#[test]
+fn tail_of_a_huge_log_without_newline_is_bounded() {
+    let root = Root::new();
+    fs::create_dir(root.file(".logs")).unwrap();
+    // Sparse: 2 GB of zeros (no newline anywhere) made at once.
+    let log = fs::File::create(root.file(".logs/huge.log")).unwrap();
+    log.set_len(2 << 30).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -v 524288 && exec \"$0\" \"$@\"")
+        .arg(support::PSM)
+        .arg("--root")
+        .arg(root.path())
+        .args(["logs", "huge", "-n", "10"]);
+    // Into a file: the output (a 4 MiB line) would fill a pipe nobody reads
+    // until the command exits.
+    let shown = root.file("shown");
+    cmd.stdout(fs::File::create(&shown).unwrap())
+        .stderr(fs::File::create(root.file("errors")).unwrap());
+    let mut child = support::Children(vec![cmd.spawn().unwrap()]);
+    let status = support::exit_of(&mut child.0[0], BOUND, "psm logs of a 2 GB log");
+    assert!(status.success(), "{}", root.read("errors"));
+    let len = fs::metadata(&shown).unwrap().len();
+    assert!(len > 0 && len <= 5 << 20, "{len} bytes");
+}
