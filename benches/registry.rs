@@ -202,8 +202,8 @@ fn write_cost(quick: bool) {
 /// `RegistryActor` at once (as N services starting together do) against N
 /// locked writes one after another.
 fn batching(quick: bool) {
-    use psm::coordinator::registry_actor::{Persist, PersistNow, RegistryActor, RegistryOp};
     use psm::process::Identity;
+    use psm::registry::writer::{Persist, PersistNow, RegistryActor, RegistryOp};
     use psm::registry::{Registry, ServiceKey, ServiceRecord, Store, StoreError};
     let n = if quick { 50 } else { 200 };
     let id = Identity::of(std::process::id() as i32).unwrap();

@@ -10,7 +10,7 @@
 //! ```
 //! Instead of keeping a process alive, a job runs its command every `every`
 //! (a humantime duration), one run at a time, and records in the registry,
-//! through the coordinator's `RegistryActor`, how many runs there were and
+//! through the `RegistryHandle` it is given, how many runs there were and
 //! how the last one ended. `psm stop backup` ends the schedule (and a run in
 //! progress), `psm restart backup` runs it now.
 //!
@@ -20,9 +20,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix::prelude::*;
-use psm::coordinator::registry_actor::{Persist, PersistNow, RegistryOp};
 use psm::process::{detached_command, signal_tree, DetachedSpec, Identity};
-use psm::registry::ServiceRecord;
+use psm::registry::{RegistryOp, ServiceRecord};
 use psm::supervisor::{
     Extensions, KindContext, RestartService, ServiceHandle, ServiceKind, StopService,
 };
@@ -60,10 +59,10 @@ impl JobActor {
     }
 
     fn persist(&self, status: &str) {
-        self.ctx.registry.do_send(Persist(RegistryOp::Upsert {
+        self.ctx.registry.persist(RegistryOp::Upsert {
             key: self.ctx.instance.key.clone(),
             record: Box::new(self.record(status)),
-        }));
+        });
     }
 
     fn run_now(&mut self, ctx: &mut Context<Self>) {
@@ -126,14 +125,14 @@ impl Handler<StopService> for JobActor {
         if let Some(id) = self.running.take() {
             signal_tree(id, Some(id.pid), nix::sys::signal::Signal::SIGKILL);
         }
-        let remove = PersistNow(RegistryOp::Remove {
+        let remove = RegistryOp::Remove {
             key: self.ctx.instance.key.clone(),
             pid: None,
-        });
+        };
         Box::pin(
             self.ctx
                 .registry
-                .send(remove)
+                .persist_now(remove)
                 .into_actor(self)
                 .map(|_, _, ctx| ctx.stop()),
         )

@@ -17,9 +17,10 @@
 //!   service by scope (global, per-project, per-session) and of sessions, with
 //!   locked read-modify-write and atomic saves (`store`), and the seed's API
 //!   on top (`manager`). Every writer — CLI processes, the coordinator — goes
-//!   through it, under one `flock`.
-//! - [`coordinator`]: the daemon — `CoordinatorActor`, `RegistryActor`, the
-//!   control socket and its protocol; `coordinator::run` is its `main`.
+//!   through it, under one `flock`; inside the daemon, through one writer
+//!   actor (`writer`), which services reach by a narrow `RegistryHandle`.
+//! - [`coordinator`]: the daemon — `CoordinatorActor`, the control socket
+//!   and its protocol; `coordinator::run` is its `main`.
 //! - [`supervisor`]: one service instance — `ServiceActor`, the pure restart
 //!   policy, health probes, and the extension seam for new probes and kinds.
 //! - [`watchdog`]: the one-shot check that replaces a dead or hung

@@ -19,12 +19,13 @@ use serde_json::{json, Map, Value};
 use tracing::{error, info, warn};
 
 use super::protocol::{Request, Response, Target};
-use super::registry_actor::{Persist, PersistNow, ReadRegistry, RegistryActor, RegistryOp};
 use crate::config::{Config, Instance};
 use crate::paths::Paths;
 use crate::process::{terminate, Identity, StopRequest};
+use crate::registry::writer::{Persist, PersistNow, ReadRegistry};
 use crate::registry::{
-    status, Registry, Scope, ServiceKey, ServiceRecord, ServiceType, StateManager, Store,
+    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, ServiceType,
+    StateManager, Store,
 };
 use crate::supervisor::service::MANAGED_BY;
 use crate::supervisor::{
@@ -112,6 +113,11 @@ impl CoordinatorActor {
             Value::from(self.paths.control_socket().display().to_string()),
         );
         meta.insert("services".into(), Value::from(self.services.len()));
+        // The watchdog derives how old a heartbeat may be from it.
+        meta.insert(
+            super::INTERVAL_KEY.into(),
+            Value::from(self.config.health_interval.as_millis() as u64),
+        );
         record.metadata = meta;
         self.registry.do_send(Persist(RegistryOp::Upsert {
             key: Self::key(),
@@ -168,7 +174,7 @@ impl CoordinatorActor {
     fn start_instance(&mut self, instance: Instance, adopt: Option<ServiceRecord>) {
         let ctx = KindContext {
             instance: instance.clone(),
-            registry: self.registry.clone(),
+            registry: (&self.registry).into(),
             paths: self.paths.clone(),
             health_interval: self.config.health_interval,
             adopt,

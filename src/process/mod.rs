@@ -2,8 +2,12 @@
 //! refuse to hit a stranger, and detached spawning into a new session.
 
 pub mod identity;
+#[cfg(target_os = "macos")]
+pub mod macos;
+pub mod procargs;
 pub mod signal;
 pub mod spawn;
+pub mod tree;
 
 pub use identity::{Identity, ProcInfo};
 pub use signal::{signal_tree, terminate, StopOutcome, StopRequest};

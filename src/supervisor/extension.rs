@@ -8,8 +8,9 @@
 //! - A **kind** is a factory for the actor that supervises one instance of a
 //!   service whose config says `kind = "<name>"` (the built-in kind,
 //!   `daemon`, is [`ServiceActor`](super::ServiceActor)). The factory gets the
-//!   instance, the registry actor to persist through and the record to adopt,
-//!   and returns a [`ServiceHandle`] the coordinator stops and restarts it by.
+//!   instance, a [`RegistryHandle`] to persist through and the record to
+//!   adopt, and returns a [`ServiceHandle`] the coordinator stops and
+//!   restarts it by.
 //!
 //! Extensions are registered on an [`Extensions`] value passed to
 //! `cli::run_with`, so an extended `psm` is a ten-line binary; see `examples/`.
@@ -19,30 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde_json::Value;
 
-use super::service::{RestartService, StopService};
+use super::messages::{ProbeHealth, RestartService, StopService};
 use crate::config::Instance;
-use crate::coordinator::registry_actor::RegistryActor;
 use crate::paths::Paths;
-use crate::registry::ServiceRecord;
-
-/// `ServiceActor` → probe actor: is this instance healthy now?
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct ProbeHealth {
-    /// The instance label (`web`, or `web@project` for per-project services).
-    pub instance: String,
-    /// The service's pid (its identity was checked just before).
-    pub pid: i32,
-    /// The `options` table of the service's `health` entry.
-    pub options: Value,
-}
+use crate::registry::{RegistryHandle, ServiceRecord};
 
 /// What a kind factory is given to start one instance.
 pub struct KindContext {
     pub instance: Instance,
-    pub registry: Addr<RegistryActor>,
+    /// Queue or await registry changes; the only registry access a kind has.
+    pub registry: RegistryHandle,
     pub paths: Paths,
     pub health_interval: Duration,
     /// The record a previous coordinator left for this instance, if its

@@ -4,8 +4,10 @@
 
 pub mod extension;
 pub mod health;
+pub mod messages;
 pub mod policy;
 pub mod service;
 
-pub use extension::{Extensions, KindContext, ProbeHealth, ServiceHandle, ServiceKind};
-pub use service::{RestartService, ServiceActor, StopService};
+pub use extension::{Extensions, KindContext, ServiceHandle, ServiceKind};
+pub use messages::{ProbeHealth, RestartService, StopService};
+pub use service::ServiceActor;

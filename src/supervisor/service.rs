@@ -16,7 +16,8 @@
 //!   the record removed (or marked `stopped`) before the reply, then the
 //!   actor stops.
 //!
-//! Every registry change goes through the `RegistryActor`.
+//! Every registry change goes through the daemon's registry writer, by the
+//! narrow `RegistryHandle`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,36 +28,17 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::extension::ProbeHealth;
 use super::health;
+use super::messages::{ProbeHealth, RestartService, StopService};
 use super::policy::{decide, Decision};
 use crate::config::{HealthSpec, Instance};
-use crate::coordinator::registry_actor::{Persist, PersistNow, RegistryActor, RegistryOp};
 use crate::paths::Paths;
 use crate::process::{detached_command, signal_tree, DetachedSpec, Identity};
-use crate::registry::{status, ServiceRecord};
+use crate::registry::{status, RegistryHandle, RegistryOp, ServiceRecord};
 use crate::time::now_millis;
 
 /// Who manages a record, in its metadata: the coordinator adopts only these.
 pub const MANAGED_BY: &str = "coordinator";
-
-/// Coordinator → service actor: stop the process; reply once it is gone and
-/// the registry says so. With `keep_record`, the record stays as `stopped`
-/// (a user's `psm stop`); otherwise it is removed (`down`, reload).
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct StopService {
-    pub keep_record: bool,
-}
-
-/// Coordinator → service actor: start again now with the count reset. With
-/// `force`, a running process is stopped first (`psm restart`); without, a
-/// running service is left alone (`psm start` of a failed or waiting one).
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct RestartService {
-    pub force: bool,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -79,7 +61,7 @@ struct Run {
 pub struct ServiceActor {
     inst: Instance,
     paths: Paths,
-    registry: Addr<RegistryActor>,
+    registry: RegistryHandle,
     health_interval: Duration,
     probe: Option<Recipient<ProbeHealth>>,
     adopt: Option<ServiceRecord>,
@@ -154,10 +136,10 @@ impl ServiceActor {
     }
 
     fn persist(&self, status: &str) {
-        self.registry.do_send(Persist(RegistryOp::Upsert {
+        self.registry.persist(RegistryOp::Upsert {
             key: self.inst.key.clone(),
             record: Box::new(self.record(status)),
-        }));
+        });
     }
 
     fn spawn(&mut self, ctx: &mut Context<Self>) {
@@ -428,7 +410,7 @@ impl ServiceActor {
             // A removal joins the batch: `down` stops every service and then
             // writes once, and its final write (queued after this one)
             // is what it waits for.
-            self.registry.do_send(Persist(op));
+            self.registry.persist(op);
             for w in waiters {
                 let _ = w.send(());
             }
@@ -438,7 +420,7 @@ impl ServiceActor {
         // A user's `psm stop` returns once the registry says `stopped`.
         ctx.spawn(
             self.registry
-                .send(PersistNow(op))
+                .persist_now(op)
                 .into_actor(self)
                 .map(move |_, _, ctx| {
                     for w in waiters {

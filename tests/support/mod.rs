@@ -40,18 +40,10 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     wait_until(limit, what, || if cond() { Ok(()) } else { Err("false") });
 }
 
-/// True while `pid` is a running, non-zombie process.
+/// True while `pid` is a running, non-zombie process (through psm's own
+/// per-OS process table reader, so the helpers work on Linux and macOS).
 pub fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .map(|(_, r)| r.trim_start())
-                .unwrap_or("");
-            !state.starts_with('Z') && !state.starts_with('X')
-        }
-        Err(_) => false,
-    }
+    pid > 0 && psm::process::ProcInfo::read(pid).is_some_and(|info| !info.zombie)
 }
 
 /// Kills, on drop, every process group and pid it was told about, so a failing
@@ -109,6 +101,8 @@ impl Drop for Sleeper {
 /// A temp psm root with the binary pointed at it.
 pub struct Root {
     pub dir: tempfile::TempDir,
+    /// The psm root: `dir` itself, or a deep directory inside it.
+    root: PathBuf,
     pub reaper: Reaper,
 }
 
@@ -225,14 +219,27 @@ impl Root {
     }
 
     pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp root");
         Root {
-            dir: tempfile::tempdir().expect("temp root"),
+            root: dir.path().to_path_buf(),
+            dir,
             reaper: Reaper::default(),
         }
     }
 
+    /// A root at least `len` bytes long, nested inside a temp dir (deep
+    /// agent workspaces, macOS `$TMPDIR`).
+    pub fn deep(len: usize) -> Self {
+        let mut root = Root::new();
+        while root.root.as_os_str().len() < len {
+            root.root.push("a-rather-long-directory-name");
+        }
+        fs::create_dir_all(&root.root).expect("deep root");
+        root
+    }
+
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -327,28 +334,13 @@ impl Root {
 fn kill_processes_naming(roots: &[&Path]) -> usize {
     use std::os::unix::ffi::OsStrExt;
     let me = std::process::id() as i32;
-    let wanted: Vec<Vec<u8>> = roots
-        .iter()
-        .map(|r| [b"PSM_ROOT=".as_slice(), r.as_os_str().as_bytes()].concat())
-        .collect();
     let mut found = 0;
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         if pid <= 1 || pid == me {
             continue;
         }
-        let Ok(environ) = fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let names_root = environ
-            .split(|&b| b == 0)
-            .any(|var| wanted.iter().any(|w| w.as_slice() == var));
+        let names_root = env_var(pid, "PSM_ROOT")
+            .is_some_and(|value| roots.iter().any(|r| r.as_os_str().as_bytes() == value));
         if names_root && alive(pid) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             found += 1;
@@ -357,15 +349,41 @@ fn kill_processes_naming(roots: &[&Path]) -> usize {
     found
 }
 
-/// The kernel start time of `pid` (field 22 of /proc/<pid>/stat).
+/// Every pid on the machine.
+#[cfg(target_os = "linux")]
+pub fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[cfg(target_os = "macos")]
+pub fn all_pids() -> Vec<i32> {
+    psm::process::macos::all_pids()
+}
+
+/// The value of environment variable `name` in process `pid`.
+#[cfg(target_os = "linux")]
+pub fn env_var(pid: i32, name: &str) -> Option<Vec<u8>> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|var| {
+        var.strip_prefix(name.as_bytes())?
+            .strip_prefix(b"=")
+            .map(<[u8]>::to_vec)
+    })
+}
+
+#[cfg(target_os = "macos")]
+pub fn env_var(pid: i32, name: &str) -> Option<Vec<u8>> {
+    psm::process::macos::env_var(pid, name)
+}
+
+/// The kernel start time of `pid`, in psm's units (what `pidStartTime` holds).
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    psm::process::ProcInfo::read(pid).map(|info| info.start_time)
 }
 
 /// stderr as text.

@@ -1,4 +1,9 @@
-//! `RegistryActor`: the only writer of the registry inside the daemon.
+//! `RegistryActor`: the only writer of the registry inside the daemon, and
+//! [`RegistryHandle`], the narrow handle the actors below the coordinator
+//! (services, extension kinds) persist through.
+//!
+//! It belongs to the Process State Manager, not to the daemon: the supervisor
+//! layer writes through it without knowing who runs it.
 //!
 //! It runs on its own arbiter (thread), so flock waits and fsyncs never stall
 //! the actors that supervise processes. Operations that arrive while a write
@@ -14,7 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
-use crate::registry::{Registry, ServiceKey, ServiceRecord, Store, StoreError};
+use super::{Registry, ServiceKey, ServiceRecord, Store, StoreError};
 
 /// One change to the registry.
 #[derive(Debug, Clone)]
@@ -51,6 +56,45 @@ pub struct PersistNow(pub RegistryOp);
 #[derive(Message)]
 #[rtype(result = "Result<Registry, String>")]
 pub struct ReadRegistry;
+
+/// What a service (or an extension kind's actor) may do to the registry:
+/// queue a change, or queue one and wait until it is on disk. It cannot read
+/// the registry or reach the writer's other messages, and it does not name
+/// the actor type, so the supervisor layer never depends on the daemon.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    persist: Recipient<Persist>,
+    persist_now: Recipient<PersistNow>,
+}
+
+impl RegistryHandle {
+    /// Applies `op` in the writer's next batch; fire and forget.
+    pub fn persist(&self, op: RegistryOp) {
+        self.persist.do_send(Persist(op));
+    }
+
+    /// Applies `op` in a write that starts now; resolves once it is on disk
+    /// (or failed, or the writer is gone).
+    pub fn persist_now(
+        &self,
+        op: RegistryOp,
+    ) -> impl std::future::Future<Output = Result<(), String>> + 'static {
+        let sent = self.persist_now.send(PersistNow(op));
+        async move {
+            sent.await
+                .unwrap_or_else(|_| Err("registry actor stopped".into()))
+        }
+    }
+}
+
+impl From<&Addr<RegistryActor>> for RegistryHandle {
+    fn from(addr: &Addr<RegistryActor>) -> Self {
+        RegistryHandle {
+            persist: addr.clone().recipient(),
+            persist_now: addr.clone().recipient(),
+        }
+    }
+}
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 

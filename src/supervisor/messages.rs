@@ -1,0 +1,37 @@
+//! The messages a service's supervising actor answers, whoever implements it
+//! (the built-in `ServiceActor` or an extension kind), and the one a probe
+//! actor answers. They live apart from both so that the extension seam and
+//! the built-in actor depend on them, not on each other.
+
+use actix::prelude::*;
+use serde_json::Value;
+
+/// Coordinator → service actor: stop the process; reply once it is gone and
+/// the registry says so. With `keep_record`, the record stays as `stopped`
+/// (a user's `psm stop`); otherwise it is removed (`down`, reload).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopService {
+    pub keep_record: bool,
+}
+
+/// Coordinator → service actor: start again now with the count reset. With
+/// `force`, a running process is stopped first (`psm restart`); without, a
+/// running service is left alone (`psm start` of a failed or waiting one).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RestartService {
+    pub force: bool,
+}
+
+/// `ServiceActor` → probe actor: is this instance healthy now?
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct ProbeHealth {
+    /// The instance label (`web`, or `web@project` for per-project services).
+    pub instance: String,
+    /// The service's pid (its identity was checked just before).
+    pub pid: i32,
+    /// The `options` table of the service's `health` entry.
+    pub options: Value,
+}
