@@ -20,13 +20,16 @@
 //! Everything here is blocking `std` I/O; async callers run it on a blocking
 //! thread (`spawn_blocking`), it never takes long but may touch the disk.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::fsx::{self, Dir, How};
 
@@ -116,6 +119,159 @@ fn copy_private(dir: &Dir, from: &mut File, to: &OsStr) -> io::Result<()> {
         let _ = dir.remove(&tmp);
     }
     copied
+}
+
+/// The rotation policy the watch applies: `max-size` and `keep` of the
+/// config the coordinator runs (published by it on every tick, so a reload
+/// takes effect within one tick). Process-global because there is one
+/// coordinator per process and the watch outlives no config.
+static POLICY: Mutex<(u64, u32)> = Mutex::new((10 * 1024 * 1024, 3));
+
+/// Publishes the rotation policy to the size watch.
+pub fn set_policy(max_size: u64, keep: u32) {
+    // A poisoned lock only means a panic elsewhere mid-assignment of two
+    // plain numbers: the value is still whole.
+    *POLICY.lock().unwrap_or_else(|e| e.into_inner()) = (max_size, keep);
+}
+
+fn policy() -> (u64, u32) {
+    *POLICY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The shortest and longest pause between two looks at one log.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+/// How often the watch lists the log directory for new logs: a new log may
+/// grow this long before its first look.
+const LIST_EVERY: Duration = Duration::from_millis(100);
+
+/// When to look at a log again: half the time it needs to reach `max_size`
+/// at the rate it grew since the last look, within [`MIN_PAUSE`, `MAX_PAUSE`].
+/// A quiet log costs four `stat`s a second, and a burst after quiet grows it
+/// by at most a quarter second of writing; a log written at 50 MB/s is
+/// looked at every 10 ms, so it overshoots `max_size` by about half a MB.
+pub fn next_look(size: u64, max_size: u64, bytes_per_sec: f64) -> Duration {
+    if bytes_per_sec <= 0.0 {
+        return MAX_PAUSE;
+    }
+    let headroom = max_size.saturating_sub(size) as f64;
+    let half = Duration::from_secs_f64((headroom / bytes_per_sec / 2.0).min(60.0));
+    half.clamp(MIN_PAUSE, MAX_PAUSE)
+}
+
+/// One log's state in the watch.
+struct Watched {
+    size: u64,
+    seen: Instant,
+    next: Instant,
+    /// Not looked at yet: its rate is unknown, so the second look is soon.
+    fresh: bool,
+}
+
+/// Keeps every log in the log directory (`*.log`: services, sessions, the
+/// coordinator's own) within `max-size` as it is written, not once per
+/// health tick: a thread that looks at each log as often as its growth
+/// requires ([`next_look`]) and rotates it ([`rotate_if_needed`]) as soon as
+/// it passes `max-size`. Services write their logs directly (see the module
+/// docs), so only a prompt look can bound them; this is that look. Stops
+/// (and joins) on drop.
+pub struct SizeWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SizeWatch {
+    /// Starts watching `dir` (which may not exist yet).
+    pub fn start(dir: PathBuf) -> io::Result<SizeWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("psm-log-watch".into())
+            .spawn(move || watch(&dir, &flag))?;
+        Ok(SizeWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SizeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(dir: &Path, stop: &AtomicBool) {
+    let mut logs: HashMap<OsString, Watched> = HashMap::new();
+    let mut listed: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let (max_size, keep) = policy();
+        // New logs appear with new services: list the directory once per
+        // LIST_EVERY; between listings only logs that are due get a `stat`.
+        if listed.is_none_or(|t| now.duration_since(t) >= LIST_EVERY) {
+            listed = Some(now);
+            let names: HashSet<OsString> = Dir::own(dir, false, false)
+                .and_then(|d| d.names())
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            logs.retain(|name, _| names.contains(name));
+            for name in names {
+                if Path::new(&name).extension() == Some(OsStr::new("log")) {
+                    logs.entry(name).or_insert(Watched {
+                        size: 0,
+                        seen: now,
+                        next: now,
+                        fresh: true,
+                    });
+                }
+            }
+        }
+        for (name, log) in logs.iter_mut().filter(|(_, l)| l.next <= now) {
+            let path = dir.join(name);
+            let size = fs::symlink_metadata(&path).map_or(0, |m| m.len());
+            let elapsed = now.duration_since(log.seen).as_secs_f64();
+            let rate = if elapsed > 0.0 && size > log.size {
+                (size - log.size) as f64 / elapsed
+            } else {
+                0.0
+            };
+            let mut after = size;
+            if size > max_size {
+                match rotate_if_needed(&path, max_size, keep) {
+                    Ok(_) => after = 0,
+                    // A refused or vanished log: say so, look again later.
+                    Err(e) => {
+                        tracing::warn!(log = %path.display(), error = %e, "log rotation failed")
+                    }
+                }
+            }
+            log.size = after;
+            log.seen = now;
+            log.next = now
+                + if log.fresh {
+                    MIN_PAUSE
+                } else {
+                    next_look(after, max_size, rate)
+                };
+            log.fresh = false;
+        }
+        let wake = logs
+            .values()
+            .map(|l| l.next)
+            .min()
+            .unwrap_or(now + MAX_PAUSE)
+            .min(listed.unwrap_or(now) + LIST_EVERY);
+        thread::sleep(
+            wake.saturating_duration_since(Instant::now())
+                .max(MIN_PAUSE),
+        );
+    }
 }
 
 /// The last `n` lines of the file (without reading the whole file when it is
@@ -405,6 +561,24 @@ mod tests {
             if let Some(handle) = self.handle.take() {
                 let _ = handle.join();
             }
+        }
+    }
+
+    /// The next look comes before the log can reach max-size at its rate,
+    /// never sooner than MIN_PAUSE, never later than MAX_PAUSE.
+    #[test]
+    fn next_look_table() {
+        const MB: u64 = 1 << 20;
+        let cases: &[(u64, u64, f64, Duration)] = &[
+            (0, 10 * MB, 0.0, MAX_PAUSE),                               // quiet
+            (0, 10 * MB, 1.0, MAX_PAUSE),                               // a line now and then
+            (0, 10 * MB, 50.0 * MB as f64, Duration::from_millis(100)), // 200 ms to full
+            (9 * MB, 10 * MB, 50.0 * MB as f64, MIN_PAUSE),             // 20 ms to full
+            (11 * MB, 10 * MB, 50.0 * MB as f64, MIN_PAUSE),            // already over
+            (0, u64::MAX, 1e9, MAX_PAUSE),                              // no limit in sight
+        ];
+        for &(size, max, rate, want) in cases {
+            assert_eq!(next_look(size, max, rate), want, "{size} {max} {rate}");
         }
     }
 

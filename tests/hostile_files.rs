@@ -425,3 +425,40 @@ fn tail_of_a_huge_log_without_newline_is_bounded() {
     let len = fs::metadata(&shown).unwrap().len();
     assert!(len > 0 && len <= 5 << 20, "{len} bytes");
 }
+
+/// A service writing about 50 MB/s keeps its log files within a small
+/// multiple of max-size × (keep + 1), long before a health tick comes.
+#[test]
+fn a_fast_writer_stays_within_its_log_budget() {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let root = Root::new();
+    const MAX: u64 = 4 << 20;
+    root.write_config(&format!(
+        "health-interval = \"10s\"\n[logs]\nmax-size = {MAX}\nkeep = 1\n\n\
+         [[service]]\nname = \"firehose\"\ntype = \"global\"\n\
+         command = [\"sh\", \"-c\", \"while :; do head -c 524288 /dev/zero; sleep 0.01; done\"]\n"
+    ));
+    root.up();
+    let budget = 8 * MAX * 2;
+    let (log, copy) = (
+        root.file(".logs/firehose.log"),
+        root.file(".logs/firehose.log.1"),
+    );
+    let size = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+    let mut copies = HashSet::new();
+    let mut peak = 0;
+    wait_until(Duration::from_secs(60), "10 rotations of firehose", || {
+        let total = size(&log) + size(&copy);
+        peak = peak.max(total);
+        assert!(total <= budget, "logs at {total} bytes, budget {budget}");
+        if let Ok(m) = fs::metadata(&copy) {
+            copies.insert(m.ino());
+        }
+        if copies.len() >= 10 {
+            Ok(())
+        } else {
+            Err(format!("{} rotations, peak {peak} bytes", copies.len()))
+        }
+    });
+}

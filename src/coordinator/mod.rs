@@ -294,6 +294,12 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         .context("creating the log directory")?;
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths)?;
+    // Logs are kept within max-size as they are written, by a thread of
+    // their own (see `logs::SizeWatch`); the actor publishes reloads.
+    let logs = settings.config.logs;
+    crate::logs::set_policy(logs.max_size, logs.keep);
+    let _log_watch = crate::logs::SizeWatch::start(settings.paths.logs_dir())
+        .context("starting the log size watch")?;
 
     let system = System::new();
     let registry_thread = Arbiter::new();
