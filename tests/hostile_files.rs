@@ -462,3 +462,35 @@ fn a_fast_writer_stays_within_its_log_budget() {
         }
     });
 }
+
+/// A registry corrupted under a running coordinator is copied aside once
+/// per distinct content, however many rounds try to write it.
+#[test]
+fn corrupt_registry_under_a_coordinator_is_copied_once_per_content() {
+    let root = Root::new();
+    root.write_config(FAST);
+    root.up();
+    let copies = || {
+        fs::read_dir(root.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .count()
+    };
+    let failures = || {
+        root.read(".logs/coordinator.log")
+            .matches("registry write failed")
+            .count()
+    };
+    for (round, garbage) in [&b"{ not json"[..], b"{ other garbage"].iter().enumerate() {
+        let before = failures();
+        fs::write(root.registry_path(), garbage).unwrap();
+        // Ten failed heartbeat writes: ten rounds that each found it corrupt.
+        wait_for(Duration::from_secs(30), "ten failed writes", || {
+            failures() >= before + 10
+        });
+        assert_eq!(copies(), round + 1, "copies after round {round}");
+    }
+    // A readable registry again, so the root's clean-up finds the coordinator.
+    fs::remove_file(root.registry_path()).unwrap();
+}
