@@ -299,6 +299,12 @@ impl Dir {
         }
     }
 
+    /// Removes the empty directory `name` (`rmdir`: never its contents).
+    pub fn remove_dir(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        rustix::fs::unlinkat(&self.fd, name.as_ref(), AtFlags::REMOVEDIR)?;
+        Ok(())
+    }
+
     /// Makes renames in this directory durable.
     pub fn sync(&self) -> io::Result<()> {
         rustix::fs::fsync(&self.fd)?;

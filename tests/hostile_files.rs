@@ -494,3 +494,62 @@ fn corrupt_registry_under_a_coordinator_is_copied_once_per_content() {
     // A readable registry again, so the root's clean-up finds the coordinator.
     fs::remove_file(root.registry_path()).unwrap();
 }
+
+/// The seed's proper-lockfile lock directory is named for what it is;
+/// `verify` reports it, and `verify --fix` removes it only when it is stale
+/// (10 s) and no `process-state-manager` node process runs; the seed's
+/// registry then reads.
+#[test]
+fn seed_lock_directory_is_recognised_and_removed_when_stale() {
+    let root = Root::new();
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seed-registry.json");
+    fs::copy(&seed, root.registry_path()).unwrap();
+    let lock = root.file(".live-process-registry.json.lock");
+    fs::create_dir(&lock).unwrap();
+    let age = |secs: u64| {
+        let then = std::time::SystemTime::now() - Duration::from_secs(secs);
+        fs::File::open(&lock).unwrap().set_modified(then).unwrap();
+    };
+
+    let out = run(&root, &["status"]);
+    fails_with_one_line(&out, "status", "lock directory of the JavaScript PSM");
+    let out = run(&root, &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && text.contains("seed lock"),
+        "{text}"
+    );
+
+    // Fresh: it may be in use.
+    let out = run(&root, &["verify", "--fix"]);
+    fails_with_one_line(&out, "verify --fix (fresh)", "may be in use");
+    assert!(lock.is_dir());
+
+    // Stale, but the seed's PSM runs.
+    age(60);
+    let node = Command::new("sh")
+        .arg0("node")
+        .args(["-c", "sleep 1000; exit", "scripts/process-state-manager.js"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut node = support::Children(vec![node]);
+    root.reaper.group(node.0[0].id() as i32);
+    let out = run(&root, &["verify", "--fix"]);
+    fails_with_one_line(
+        &out,
+        "verify --fix (seed running)",
+        "node process is running",
+    );
+    assert!(lock.is_dir());
+
+    // Stale and nobody runs it: removed, and the seed's registry reads (and
+    // --fix goes on to its other repairs: the seed's dead records).
+    node.0[0].kill().unwrap();
+    node.0[0].wait().unwrap();
+    let out = run(&root, &["verify", "--fix"]);
+    assert!(stderr(&out).contains("removed the seed's stale lock directory"));
+    assert!(!lock.is_dir(), "the stale lock directory is still there");
+    root.ok(&["status"]);
+    assert_eq!(root.registry()["version"], "3.0.0");
+}
