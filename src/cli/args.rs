@@ -66,6 +66,10 @@ pub enum Command {
     Reload,
     /// Print (and follow) a service's log.
     Logs(LogsArgs),
+    /// A live, full-screen view of every service and session: status, pid,
+    /// uptime, restarts, CPU, memory, health, last exit; restart, stop,
+    /// start and read logs from it (`?` lists the keys).
+    Top,
     /// Check the coordinator once and replace it if it is dead or hung
     /// (launchd/systemd run this every 60 s); or schedule that.
     Watchdog(WatchdogArgs),

@@ -7,6 +7,7 @@ mod daemon;
 mod entry;
 mod output;
 mod session;
+mod top;
 mod watch;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::coordinator::protocol::Request;
 use crate::input::{self, InputError};
 use crate::paths::Paths;
+use crate::process::usage::Snapshot;
 use crate::registry::{
     ManagerError, Registration, Scope, ServiceKey, ServiceType, StateManager, Store,
 };
@@ -120,7 +122,11 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(a) => {
-            let health = manager.get_health_status()?;
+            let registry = manager.store().read().map_err(ManagerError::from)?;
+            let mut health = crate::registry::manager::health_of(&registry);
+            // One snapshot, so CPU is each process's lifetime average (as
+            // `ps` shows it): a second sample would cost its interval.
+            top::measure(&mut health, &registry, &mut Snapshot::take(), None);
             if a.json {
                 output::print_json(&health);
             } else {
@@ -150,6 +156,7 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Restart(a) => daemon::control(&paths, Request::Restart, &a),
         Command::Reload => daemon::reload(&paths),
         Command::Logs(a) => daemon::logs(&paths, &a),
+        Command::Top => top::run(&paths, &manager),
         Command::Watchdog(a) => watch::watchdog(&paths, a),
         Command::Verify(a) => watch::verify(&paths, &manager, &a),
         Command::Completions { shell } => completions::print_registration(shell),

@@ -19,6 +19,7 @@
 mod actor;
 pub mod client;
 mod control;
+mod plan;
 pub mod protocol;
 
 use std::fs::{self, File};
