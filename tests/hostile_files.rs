@@ -210,7 +210,8 @@ fn rotation_never_writes_through_links() {
 }
 
 /// A registry that is a FIFO, a directory or a socket: `status`, `register`,
-/// `verify` and `watchdog` end at once with one line; the file stays.
+/// `cleanup`, `up`, `verify` and `watchdog` end at once with one line, no
+/// coordinator is left running on it, and the file stays.
 #[test]
 fn special_registry_never_hangs() {
     for kind in ["FIFO", "directory", "socket"] {
@@ -234,10 +235,16 @@ fn special_registry_never_hangs() {
             &["status"][..],
             &["register", "web", &pid, "global", "w"],
             &["cleanup"],
+            &["up"],
         ] {
             let out = run(&root, args);
             fails_with_one_line(&out, &format!("{kind} {args:?}"), &format!("is a {kind}"));
         }
+        // `up` left no coordinator running blind on it.
+        assert!(
+            root.coordinator_pid().is_none(),
+            "{kind}: a coordinator runs"
+        );
         for args in [&["verify"][..], &["watchdog"]] {
             let out = run(&root, args);
             assert!(!out.status.success(), "{kind} {args:?}");

@@ -282,6 +282,9 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         Ok(lock) => lock,
         Err(pid) => return Ok(Outcome::AlreadyRunning(pid)),
     };
+    // A registry that is a link, a FIFO or the seed's lock directory would
+    // fail every write: say so now instead of running blind.
+    Store::new(settings.paths.clone()).check_usable()?;
     // Under the lock, so `up` and the watchdog cannot both decide.
     if settings.respect_down {
         if let Some(mark) = DownMark::read(&settings.paths) {

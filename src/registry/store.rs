@@ -200,6 +200,19 @@ impl Store {
             .map(|_guard| start.elapsed()))
     }
 
+    /// Whether the registry can be used at all: reads it, and fails only
+    /// when it never could be by waiting — a link, FIFO or other non-file,
+    /// the seed's lock directory, a missing root. A corrupt registry passes:
+    /// a coordinator keeps its services running on one (its writes fail
+    /// until the file is repaired), and a lock held too long passes too: the
+    /// daemon's writer waits it out.
+    pub fn check_usable(&self) -> Result<(), StoreError> {
+        match self.read() {
+            Ok(_) | Err(StoreError::Corrupt { .. } | StoreError::LockTimeout { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits for the shared lock as a read would and releases it: for
     /// commands that ask the coordinator to change a record, so that a stuck
     /// lock holder fails them at once, with its pid, instead of leaving the
