@@ -99,26 +99,24 @@ fn symlink_refusal(path: &Path) -> io::Error {
     ))
 }
 
-fn not_regular(path: &Path, ft: FileType) -> io::Error {
+/// `path` is of type `ft` where a `wanted` (e.g. "regular file") belongs.
+fn wrong_type(path: &Path, ft: FileType, wanted: &str) -> io::Error {
     if ft == FileType::Symlink {
         return symlink_refusal(path);
     }
     refuse(format!(
-        "{} is a {}, not a regular file; move it out of the way and retry",
+        "{} is a {}, not a {wanted}; move it out of the way and retry",
         path.display(),
         kind_name(ft)
     ))
 }
 
+fn not_regular(path: &Path, ft: FileType) -> io::Error {
+    wrong_type(path, ft, "regular file")
+}
+
 fn not_directory(path: &Path, ft: FileType) -> io::Error {
-    if ft == FileType::Symlink {
-        return symlink_refusal(path);
-    }
-    refuse(format!(
-        "{} is a {}, not a directory; move it out of the way and retry",
-        path.display(),
-        kind_name(ft)
-    ))
+    wrong_type(path, ft, "directory")
 }
 
 /// An open directory: the root, or one of psm's own directories in it.
@@ -442,15 +440,22 @@ mod tests {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     }
 
-    /// Links, FIFOs and directories are refused for every mode, with a
-    /// message naming the kind; a link's target is never created or changed.
-    #[test]
-    fn special_files_are_refused_for_every_mode() {
+    /// A directory holding `link`, a link to a file "precious" outside it:
+    /// (directory, outside directory, the target).
+    fn planted(link: &str) -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("target");
         std::fs::write(&target, b"precious").unwrap();
-        symlink(&target, dir.path().join("link")).unwrap();
+        symlink(&target, dir.path().join(link)).unwrap();
+        (dir, outside, target)
+    }
+
+    /// Links, FIFOs and directories are refused for every mode, with a
+    /// message naming the kind; a link's target is never created or changed.
+    #[test]
+    fn special_files_are_refused_for_every_mode() {
+        let (dir, outside, target) = planted("link");
         symlink(outside.path().join("nothing"), dir.path().join("dangling")).unwrap();
         fifo(&dir.path().join("fifo"));
         std::fs::create_dir(dir.path().join("sub")).unwrap();
@@ -475,11 +480,7 @@ mod tests {
     /// A replace over a planted link replaces the link, not its target.
     #[test]
     fn replace_never_writes_through_a_link() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let target = outside.path().join("target");
-        std::fs::write(&target, b"precious").unwrap();
-        symlink(&target, dir.path().join("file")).unwrap();
+        let (dir, _outside, target) = planted("file");
         let d = Dir::open(dir.path()).unwrap();
         d.replace("file", b"new").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
