@@ -294,7 +294,7 @@ fn stop_racing_start_leaves_a_matching_record() {
     service_script(&root);
     // No health round during the test: only the control path may write.
     root.write_config(&format!(
-        "health-interval = \"1h\"\n{}",
+        "health-interval = \"10m\"\n{}",
         service("svc", "v0")
     ));
     root.up();
