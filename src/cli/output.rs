@@ -49,7 +49,7 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn age(millis: u64) -> String {
+pub(super) fn age(millis: u64) -> String {
     if millis == 0 {
         "-".to_string()
     } else {
@@ -65,12 +65,36 @@ fn short_project(path: &str) -> String {
         .unwrap_or_else(|| path.to_string())
 }
 
+/// CPU as a table shows it: "12.5%", "-" when not measured.
+pub(super) fn cpu_cell(cpu: Option<f64>) -> String {
+    cpu.map_or("-".to_string(), |c| format!("{c:.1}%"))
+}
+
+/// Resident memory in at most five characters: "812K", "12.4M", "1.2G".
+pub(super) fn memory_cell(rss: Option<u64>) -> String {
+    let Some(bytes) = rss else {
+        return "-".to_string();
+    };
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 10.0 && unit > 0 {
+        format!("{value:.1}{}", UNITS[unit])
+    } else {
+        format!("{value:.0}{}", UNITS[unit])
+    }
+}
+
 pub fn print_status(health: &HealthStatus) {
     if health.details.is_empty() {
         println!("no services registered");
     } else {
         let mut rows = vec![[
-            "NAME", "TYPE", "SCOPE", "PID", "STATUS", "UPTIME", "HEALTH", "RESTARTS",
+            "NAME", "TYPE", "SCOPE", "PID", "STATUS", "UPTIME", "HEALTH", "RESTARTS", "CPU", "MEM",
         ]
         .map(String::from)
         .to_vec()];
@@ -94,6 +118,8 @@ pub fn print_status(health: &HealthStatus) {
                 },
                 age(d.last_health_check),
                 d.restart_count.to_string(),
+                cpu_cell(d.cpu),
+                memory_cell(d.rss),
             ]);
         }
         print!("{}", table(&rows));
@@ -118,5 +144,29 @@ pub fn print_status(health: &HealthStatus) {
         }
         println!();
         print!("{}", table(&rows));
+    }
+}
+
+#[cfg(test)]
+mod usage_cell_tests {
+    use super::*;
+
+    #[test]
+    fn memory_and_cpu_cells_stay_short() {
+        let cases = [
+            (None, "-"),
+            (Some(0), "0K"),
+            (Some(812 * 1024), "812K"),
+            (Some(999 * 1024 + 1000), "1000K"),
+            (Some(1024 * 1024), "1.0M"),
+            (Some(12_400 * 1024), "12M"),
+            (Some(3 * 1024 * 1024 * 1024), "3.0G"),
+            (Some(u64::MAX), "16777216T"),
+        ];
+        for (rss, want) in cases {
+            assert_eq!(memory_cell(rss), want, "{rss:?}");
+        }
+        assert_eq!(cpu_cell(Some(12.345)), "12.3%");
+        assert_eq!(cpu_cell(None), "-");
     }
 }

@@ -8,6 +8,7 @@ pub mod procargs;
 pub mod signal;
 pub mod spawn;
 pub mod tree;
+pub mod usage;
 
 pub use identity::{Identity, ProcInfo};
 pub use signal::{signal_tree, terminate, StopOutcome, StopRequest};

@@ -96,6 +96,13 @@ pub struct ServiceHealth {
     pub start_time: u64,
     pub last_health_check: u64,
     pub restart_count: u32,
+    /// Percent of one core used by the service's process tree (running
+    /// services only; filled in by the CLI, which measures it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Resident bytes of the service's process tree (running services only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss: Option<u64>,
 }
 
 /// One session as `status` shows it.
@@ -401,6 +408,8 @@ pub fn health_of(registry: &Registry) -> HealthStatus {
                 start_time: r.start_time,
                 last_health_check: r.last_health_check,
                 restart_count: r.restart_count,
+                cpu: None,
+                rss: None,
             }
         })
         .collect();
