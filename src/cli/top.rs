@@ -31,7 +31,7 @@ use crate::coordinator::protocol::{Request, Target};
 use crate::coordinator::COORDINATOR_NAME;
 use crate::paths::Paths;
 use crate::process::usage::Snapshot;
-use crate::registry::manager::health_of;
+use crate::registry::manager::health_with;
 use crate::registry::{
     status, HealthStatus, Registry, Scope, ServiceHealth, ServiceKey, ServiceType, StateManager,
 };
@@ -263,7 +263,7 @@ impl<'a> App<'a> {
             }
         };
         let mut now = Snapshot::take();
-        let mut health = health_of(&registry);
+        let mut health = health_with(&registry, |id| now.is_alive(id));
         measure(&mut health, &registry, &mut now, self.before.as_ref());
         self.before = Some(now);
         self.coordinator = coordinator_line(&health);
