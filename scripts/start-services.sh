@@ -9,6 +9,10 @@
 # Every argument is passed to each psm command as a global option. The root is
 # --root, else $PSM_ROOT, else $CODING_REPO, else the current directory.
 #
+# An explicit start, like `psm up`: it also ends an earlier `psm down` (whose
+# mark `verify --fix` respects, with a warning; `up` clears it). Do not run it
+# from a login or KeepAlive agent; those run `psm coordinator --respect-down`.
+#
 # Idempotent: when everything already runs, a second run changes nothing (the
 # same coordinator, the same service pids). Exits 1 when a check fails that
 # --fix cannot repair; the FAIL lines above say which.

@@ -95,11 +95,150 @@ impl Paths {
         self.runtime_dir().join("coordinator.lock")
     }
 
+    /// The control socket: `<root>/.psm/coordinator.sock`, unless that path
+    /// is too long for a unix socket; then [`fallback_socket`]. Every client
+    /// derives it from the root alone, so all of them agree.
     pub fn control_socket(&self) -> PathBuf {
-        self.runtime_dir().join("coordinator.sock")
+        socket_path(&self.root, nix::unistd::geteuid().as_raw())
+    }
+
+    /// Held by `psm up` and `psm down` while they run, so they never interleave.
+    pub fn updown_lock(&self) -> PathBuf {
+        self.runtime_dir().join("updown.lock")
+    }
+
+    /// The "stopped on purpose" mark `psm down` leaves: while it exists, the
+    /// watchdog, `verify --fix` and `coordinator --respect-down` start nothing.
+    pub fn down_mark(&self) -> PathBuf {
+        self.runtime_dir().join("down")
     }
 
     pub fn default_config(&self) -> PathBuf {
         self.root.join("psm.toml")
+    }
+}
+
+/// The longest socket path the kernel takes: `sun_path` is 108 bytes on
+/// Linux and 104 on macOS, the terminating NUL included.
+#[cfg(target_os = "macos")]
+pub const SOCKET_PATH_MAX: usize = 103;
+#[cfg(not(target_os = "macos"))]
+pub const SOCKET_PATH_MAX: usize = 107;
+
+/// Where the control socket of `root` lives for user `uid`: a pure function,
+/// so the coordinator and every client compute the same path.
+pub fn socket_path(root: &Path, uid: u32) -> PathBuf {
+    let usual = root.join(".psm").join("coordinator.sock");
+    if usual.as_os_str().len() <= SOCKET_PATH_MAX {
+        usual
+    } else {
+        fallback_socket(root, uid)
+    }
+}
+
+/// `/tmp/psm-<uid>/<hash of the root>.sock`: short whatever the root. Not
+/// `$XDG_RUNTIME_DIR` or `$TMPDIR`: launchd, systemd timers, cron and shells
+/// set them differently, and clients that disagree on the path cannot talk.
+/// The directory must be the user's own, mode 0700 and not a symlink
+/// ([`private_dir_problem`]); a 64-bit hash keeps two roots of one user apart.
+pub fn fallback_socket(root: &Path, uid: u32) -> PathBuf {
+    fallback_dir(uid).join(format!("{:016x}.sock", fnv1a(root)))
+}
+
+/// The per-user directory of fallback sockets.
+pub fn fallback_dir(uid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/psm-{uid}"))
+}
+
+/// FNV-1a (64 bit) of a path's bytes: stable across runs, builds and machines.
+pub fn fnv1a(path: &Path) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in path.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Why `dir` may not hold a private socket, if it may not: it must be a real
+/// directory (not a symlink), owned by `uid`, with no group or other access.
+pub fn private_dir_problem(dir: &Path, uid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("{} cannot be read: {e}", dir.display())),
+    };
+    let shown = dir.display();
+    if meta.file_type().is_symlink() {
+        Some(format!("{shown} is a symlink; remove it"))
+    } else if !meta.is_dir() {
+        Some(format!("{shown} is not a directory; remove it"))
+    } else if meta.uid() != uid {
+        Some(format!(
+            "{shown} belongs to uid {}, not {uid}; remove it",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!(
+            "{shown} has mode {:o}; it must be 0700",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_stays_under_the_root_while_it_fits() {
+        let long = format!("/{}", "d".repeat(200));
+        let edge = format!(
+            "/{}",
+            "e".repeat(SOCKET_PATH_MAX - "/.psm/coordinator.sock".len() - 1)
+        );
+        let table: [(&str, bool); 4] = [
+            ("/home/u/coding", true),
+            (&edge, true),
+            (&format!("{edge}x"), false),
+            (&long, false),
+        ];
+        for (root, under_root) in table {
+            let path = socket_path(Path::new(root), 1000);
+            assert!(path.as_os_str().len() <= SOCKET_PATH_MAX, "{root}");
+            assert_eq!(path.starts_with(root), under_root, "{root}: {path:?}");
+        }
+    }
+
+    #[test]
+    fn the_fallback_is_per_user_per_root_and_stable() {
+        let a = Path::new("/a").join("x".repeat(150));
+        let b = Path::new("/b").join("x".repeat(150));
+        assert_eq!(socket_path(&a, 1000), socket_path(&a, 1000));
+        assert_ne!(socket_path(&a, 1000), socket_path(&b, 1000));
+        assert_ne!(socket_path(&a, 1000), socket_path(&a, 1001));
+        assert!(socket_path(&a, 1000).starts_with("/tmp/psm-1000"));
+    }
+
+    #[test]
+    fn a_private_dir_is_the_users_own_0700_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = nix::unistd::geteuid().as_raw();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(private_dir_problem(&dir, uid), None);
+        assert!(private_dir_problem(&dir, uid + 1).is_some());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(private_dir_problem(&dir, uid).is_some());
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(private_dir_problem(&link, uid).unwrap().contains("symlink"));
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert!(private_dir_problem(&file, uid).is_some());
     }
 }

@@ -36,14 +36,9 @@ pub struct UnitFile {
     pub contents: String,
 }
 
-/// FNV-1a of the root path: stable across runs and machines, no dependency.
+/// The root's FNV-1a hash, cut to 32 bits: installed labels keep their names.
 fn root_hash(root: &Path) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in root.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{:08x}", h as u32)
+    format!("{:08x}", crate::paths::fnv1a(root) as u32)
 }
 
 /// `dev.psm.watchdog.<hash>` — the launchd label; also the systemd unit stem.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{Config, HealthSpec};
-use crate::coordinator::COORDINATOR_NAME;
+use crate::coordinator::{DownMark, COORDINATOR_NAME};
 use crate::paths::Paths;
 use crate::process::{Identity, ProcInfo};
 use crate::registry::{Registry, ServiceKey, Store};
@@ -50,8 +50,9 @@ pub fn verify(paths: &Paths, config_path: &Path, home: Option<&Path>) -> Vec<Fin
     let registry = check_registry(paths, &mut out);
     let config = check_config(config_path, &mut out);
     check_writable(paths, &mut out);
+    check_runtime(paths, &mut out);
     if let Some(reg) = &registry {
-        check_coordinator(reg, &mut out);
+        check_coordinator(paths, reg, &mut out);
         check_records(reg, &mut out);
         if let Some(cfg) = &config {
             check_ports(reg, cfg, &mut out);
@@ -171,10 +172,77 @@ fn check_writable(paths: &Paths, out: &mut Vec<Finding>) {
     }
 }
 
-fn check_coordinator(reg: &Registry, out: &mut Vec<Finding>) {
+/// What keeps a coordinator from starting before it starts: a `.psm` that
+/// is not a directory, or a socket directory that is not privately ours.
+fn check_runtime(paths: &Paths, out: &mut Vec<Finding>) {
+    let dir = paths.runtime_dir();
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if !m.is_dir() => out.push(finding(
+            "runtime",
+            Level::Fail,
+            format!(
+                "{} is not a directory: the coordinator cannot start; move it away",
+                dir.display()
+            ),
+        )),
+        _ => {}
+    }
+    let socket = paths.control_socket();
+    if let Ok(m) = std::fs::symlink_metadata(&socket) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            out.push(finding(
+                "socket",
+                Level::Fail,
+                format!(
+                    "{} is not a socket: the coordinator cannot bind there; move it away",
+                    socket.display()
+                ),
+            ));
+            return;
+        }
+    }
+    let Some(sock_dir) = socket.parent().filter(|d| *d != dir) else {
+        out.push(finding("socket", Level::Pass, socket.display().to_string()));
+        return;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    // A missing directory is fine: the coordinator creates it on start.
+    let problem = sock_dir
+        .symlink_metadata()
+        .is_ok()
+        .then(|| crate::paths::private_dir_problem(sock_dir, uid))
+        .flatten();
+    out.push(match problem {
+        Some(problem) => finding(
+            "socket",
+            Level::Fail,
+            format!("the coordinator cannot bind its socket: {problem}"),
+        ),
+        None => finding(
+            "socket",
+            Level::Pass,
+            format!(
+                "{} (the root is too long for .psm/coordinator.sock)",
+                socket.display()
+            ),
+        ),
+    });
+}
+
+fn check_coordinator(paths: &Paths, reg: &Registry, out: &mut Vec<Finding>) {
+    if let Some(mark) = DownMark::read(paths) {
+        out.push(finding(
+            "coordinator",
+            Level::Warn,
+            format!("{}; `psm up` starts it again", mark.note),
+        ));
+        return;
+    }
     let record = reg.get(&ServiceKey::global(COORDINATOR_NAME));
     let observed = record.and_then(|r| r.pid).and_then(ProcInfo::read);
-    let j = watchdog::judge(record, observed, now_millis(), watchdog::DEFAULT_MAX_AGE);
+    let max_age = watchdog::max_age_for(record, None);
+    let j = watchdog::judge(record, observed, now_millis(), max_age);
     out.push(match j.verdict {
         Verdict::Ok => finding("coordinator", Level::Pass, j.reason),
         v => finding(

@@ -5,9 +5,16 @@
 //! it every 60 s. It reads the coordinator's record under the shared lock,
 //! decides with a pure function ([`judge`]), and only when the verdict is not
 //! `ok` acts:
-//! - a coordinator whose identity matches is killed with SIGKILL, never
-//!   SIGTERM: SIGTERM means "stop every service", and a hung coordinator's
-//!   services should keep running and be adopted by its successor;
+//! - after `psm down` (its mark is on disk) it does nothing: verdict
+//!   `stopped`, exit 0; the user stopped psm, and only `psm up` undoes that;
+//! - a heartbeat is stale after twice the health interval the coordinator
+//!   records, plus a minute ([`max_age_for`]); a stale coordinator is asked
+//!   over its control socket first, and one that answers is left alone
+//!   (verdict `responsive`): a slow heartbeat is not a hang;
+//! - a coordinator whose identity matches that does not answer is killed
+//!   with SIGKILL, never SIGTERM: SIGTERM means "stop every service", and a
+//!   hung coordinator's services should keep running and be adopted by its
+//!   successor;
 //! - a process that merely reused the coordinator's pid is never signalled;
 //! - a new coordinator is started with the config recorded in the old one's
 //!   metadata; its own lock makes a second coordinator impossible, so the
@@ -28,14 +35,18 @@ use serde_json::{json, Value};
 
 use crate::coordinator::client;
 use crate::coordinator::protocol::Request;
-use crate::coordinator::{self, CoordinatorLock, COORDINATOR_NAME};
+use crate::coordinator::{self, CoordinatorLock, DownMark, COORDINATOR_NAME, INTERVAL_KEY};
 use crate::paths::Paths;
 use crate::process::{signal_tree, Identity, ProcInfo};
 use crate::registry::{ServiceKey, ServiceRecord, Store, StoreError};
 use crate::time::now_millis;
 
-/// Default heartbeat age beyond which the coordinator counts as hung.
+/// Heartbeat age beyond which a coordinator that records no health
+/// interval (an older psm) counts as stale.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
+/// What a heartbeat may be late beyond two intervals: a loaded machine, a
+/// long registry write, a suspended laptop waking up.
+const STALE_SLACK: Duration = Duration::from_secs(60);
 /// How long to wait for the registry lock before reading without it.
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a coordinator that holds the lock has to answer a ping.
@@ -48,6 +59,10 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Ok,
+    /// `psm down` stopped psm on purpose: nothing to do until `psm up`.
+    Stopped,
+    /// The heartbeat is stale but the coordinator answers: left alone.
+    Responsive,
     /// The registry could not be read: nothing can be judged or done safely.
     Unknown,
     NotRegistered,
@@ -134,9 +149,40 @@ pub enum WatchdogError {
     Store(#[from] StoreError),
 }
 
+/// How old a heartbeat may be: `flag` if given, else twice the interval the
+/// coordinator recorded plus a minute, else [`DEFAULT_MAX_AGE`].
+pub fn max_age_for(record: Option<&ServiceRecord>, flag: Option<Duration>) -> Duration {
+    let recorded = record
+        .and_then(|r| r.metadata.get(INTERVAL_KEY))
+        .and_then(Value::as_u64)
+        .map(Duration::from_millis);
+    match (flag, recorded) {
+        (Some(max), _) => max,
+        (None, Some(interval)) => interval.saturating_mul(2).saturating_add(STALE_SLACK),
+        (None, None) => DEFAULT_MAX_AGE,
+    }
+}
+
 /// Runs one check and, if needed, one recovery. `config` is used when the
-/// coordinator's record does not name its config.
-pub fn check(paths: &Paths, config: PathBuf, max_age: Duration) -> Result<Report, WatchdogError> {
+/// coordinator's record does not name its config; `max_age` overrides the
+/// staleness limit derived from the record.
+pub fn check(
+    paths: &Paths,
+    config: PathBuf,
+    max_age: Option<Duration>,
+) -> Result<Report, WatchdogError> {
+    if let Some(mark) = DownMark::read(paths) {
+        let report = Report {
+            judgement: Judgement {
+                verdict: Verdict::Stopped,
+                reason: mark.note,
+            },
+            action: "none: `psm up` starts psm again".into(),
+            ok: true,
+        };
+        log_line(paths, &report);
+        return Ok(report);
+    }
     let store = Store::new(paths.clone());
     let key = ServiceKey::global(COORDINATOR_NAME);
     // A coordinator stopped while writing holds the registry lock: do not
@@ -165,8 +211,19 @@ pub fn check(paths: &Paths, config: PathBuf, max_age: Duration) -> Result<Report
     };
     let record = registry.get(&key).cloned();
     let observed = record.as_ref().and_then(|r| r.pid).and_then(ProcInfo::read);
-    let judgement = judge(record.as_ref(), observed, now_millis(), max_age);
-    let report = if judgement.verdict == Verdict::Ok {
+    let max_age = max_age_for(record.as_ref(), max_age);
+    let mut judgement = judge(record.as_ref(), observed, now_millis(), max_age);
+    if judgement.verdict == Verdict::StaleHealth {
+        if let Some(pid) = record.as_ref().and_then(|r| r.pid) {
+            if answers(paths, pid) {
+                judgement = Judgement {
+                    verdict: Verdict::Responsive,
+                    reason: format!("{}, but pid {pid} answers a ping", judgement.reason),
+                };
+            }
+        }
+    }
+    let report = if matches!(judgement.verdict, Verdict::Ok | Verdict::Responsive) {
         Report {
             judgement,
             action: "none".into(),
@@ -177,6 +234,16 @@ pub fn check(paths: &Paths, config: PathBuf, max_age: Duration) -> Result<Report
     };
     log_line(paths, &report);
     Ok(report)
+}
+
+/// Whether the coordinator `pid` answers a ping on the control socket
+/// within [`PING_TIMEOUT`]. A stopped (SIGSTOP) or hung one does not: the
+/// kernel accepts the connection, but nobody replies.
+fn answers(paths: &Paths, pid: i32) -> bool {
+    match client::request(paths, &Request::Ping, PING_TIMEOUT) {
+        Ok(r) => r.ok && r.data.get("pid").and_then(Value::as_i64) == Some(i64::from(pid)),
+        Err(_) => false,
+    }
 }
 
 fn recover(
@@ -229,17 +296,30 @@ fn recover(
         .map(PathBuf::from)
         .unwrap_or(default_config);
     let started = now_millis();
-    let spawned = coordinator::spawn_background(paths, &config);
-    let healthy = match &spawned {
-        Ok(pid) => {
-            actions.push(format!("started coordinator pid {pid}"));
-            wait_heartbeat(store, started)
+    // With --respect-down: should `psm down` run while we recover, the new
+    // coordinator sees its mark and starts nothing.
+    let mut spawned = coordinator::spawn_background(paths, &config, true);
+    let healthy = match &mut spawned {
+        Ok(child) => {
+            actions.push(format!("started coordinator pid {}", child.id()));
+            wait_heartbeat(paths, store, started, child)
         }
         Err(e) => {
             actions.push(format!("could not start a coordinator: {e}"));
             None
         }
     };
+    if let (None, Some(mark)) = (healthy, DownMark::read(paths)) {
+        actions.push("`psm down` came in meanwhile: it started nothing".into());
+        return Ok(Report {
+            judgement: Judgement {
+                verdict: Verdict::Stopped,
+                reason: mark.note,
+            },
+            action: actions.join("; "),
+            ok: true,
+        });
+    }
     let ok = healthy.is_some();
     if let Some(pid) = healthy {
         actions.push(format!("coordinator pid {pid} healthy"));
@@ -266,11 +346,21 @@ fn wait_gone(identity: Identity) {
     }
 }
 
-/// Waits for a live coordinator whose heartbeat is newer than `since`.
-fn wait_heartbeat(store: &Store, since: u64) -> Option<i32> {
+/// Waits for a live coordinator whose heartbeat is newer than `since`; stops
+/// early when `child` has exited and `psm down` has left its mark (the child
+/// then started nothing on purpose).
+fn wait_heartbeat(
+    paths: &Paths,
+    store: &Store,
+    since: u64,
+    child: &mut std::process::Child,
+) -> Option<i32> {
     let key = ServiceKey::global(COORDINATOR_NAME);
     let deadline = Instant::now() + RECOVERY_WAIT;
     while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) && DownMark::read(paths).is_some() {
+            return None;
+        }
         if let Ok(reg) = store.read_within(LOCK_PATIENCE) {
             if let Some(r) = reg.get(&key) {
                 if r.last_health_check >= since && r.is_alive() {
@@ -390,6 +480,32 @@ mod tests {
             assert_eq!(j.verdict, expected, "row {i}: {}", j.reason);
             assert!(!j.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn max_age_follows_the_recorded_interval_unless_given() {
+        let with = |ms: Option<u64>| {
+            let mut r = record(Some(1234), 7, NOW);
+            if let Some(ms) = ms {
+                r.metadata.insert(INTERVAL_KEY.into(), Value::from(ms));
+            }
+            r
+        };
+        let s = Duration::from_secs;
+        let table: [(Option<ServiceRecord>, Option<Duration>, Duration); 6] = [
+            (None, None, DEFAULT_MAX_AGE),
+            (Some(with(None)), None, DEFAULT_MAX_AGE),
+            (Some(with(Some(15_000))), None, s(90)),
+            (Some(with(Some(300_000))), None, s(660)),
+            (Some(with(Some(100))), None, Duration::from_millis(60_200)),
+            (Some(with(Some(300_000))), Some(s(5)), s(5)),
+        ];
+        for (i, (rec, flag, expected)) in table.into_iter().enumerate() {
+            assert_eq!(max_age_for(rec.as_ref(), flag), expected, "row {i}");
+        }
+        let absurd = with(Some(u64::MAX));
+        // No overflow panic for an absurd recorded interval.
+        assert!(max_age_for(Some(&absurd), None) > Duration::from_millis(u64::MAX));
     }
 
     #[test]

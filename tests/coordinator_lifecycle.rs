@@ -553,3 +553,192 @@ command = ["sh", "chatty.sh"]
         "rotation must not restart the service"
     );
 }
+
+// ---------------------------------------------------------------------------
+// `down` returns when everything is gone; `up` right after it works;
+// deep roots and start-up failures.
+
+/// A global service `svc` that appends its pid to `runs` and sleeps.
+fn one_service(root: &Root, extra: &str) {
+    root.script("svc.sh", "echo $$ >> \"$PSM_ROOT/runs\"\nexec sleep 1000");
+    root.write_config(&format!(
+        "{}\n[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sh\", \"svc.sh\"]\n{extra}",
+        support::FAST
+    ));
+}
+
+/// `psm up` issued while a `psm down` is under way (its service is slowly
+/// stopping), ten times: every `up` exits 0 without "already running" and,
+/// once both have returned, a new coordinator and a new service run — the
+/// later command wins, never a leaving coordinator taken for a running one.
+#[test]
+fn up_during_down_starts_again_after_it() {
+    let root = Root::new();
+    root.script(
+        "slow.sh",
+        r#"echo $$ >> "$PSM_ROOT/runs"
+trap 'echo $$ >> "$PSM_ROOT/terms"; sleep 0.3; exit 0' TERM
+sleep 1000 &
+wait"#,
+    );
+    root.write_config(&format!(
+        "{}\n[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sh\", \"slow.sh\"]\n",
+        support::FAST
+    ));
+    let mut coordinator = root.up();
+    let mut service = root.service_pid("svc");
+    root.reaper.group(service);
+    for round in 0..10 {
+        let mut down = support::Children(vec![root
+            .cmd()
+            .arg("down")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn psm down")]);
+        // `down` is under way once the service got its SIGTERM.
+        wait_for(LONG, &format!("round {round}: svc told to stop"), || {
+            lines(&root, "terms").len() == round + 1
+        });
+        let up = root.psm(&["up"]);
+        let status = support::exit_of(&mut down.0[0], LONG, "psm down");
+        assert!(status.success(), "round {round}: down failed");
+        assert!(up.status.success(), "round {round}: {}", stderr(&up));
+        assert!(
+            !stderr(&up).contains("already running"),
+            "round {round}: up took the leaving coordinator for a running one: {}",
+            stderr(&up)
+        );
+        assert!(
+            !alive(coordinator),
+            "round {round}: the old coordinator survived"
+        );
+        let next = root.coordinator_pid().expect("a coordinator after up");
+        assert_ne!(next, coordinator, "round {round}");
+        coordinator = next;
+        service = new_pid(&root, "svc", service);
+        root.reaper.group(service);
+    }
+}
+
+/// A coordinator that cannot act on `down` (SIGSTOPped) is SIGKILLed by
+/// `psm down` once the deadline derived from the stop timeouts passes; `down`
+/// says so, stops the service the coordinator left (identity checked) and
+/// removes the records, and the mark keeps psm down.
+#[test]
+fn down_sigkills_a_coordinator_that_does_not_exit() {
+    let root = Root::new();
+    one_service(&root, "stop-timeout = \"300ms\"\n");
+    let coordinator = root.up();
+    let service = root.service_pid("svc");
+    root.reaper.group(service);
+    unsafe { libc::kill(coordinator, libc::SIGSTOP) };
+    let out = support::output_within(
+        {
+            let mut c = root.cmd();
+            c.arg("down");
+            c
+        },
+        Duration::from_secs(40),
+        "psm down of a stopped coordinator",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SIGKILLed"), "{}", stderr(&out));
+    assert!(
+        !alive(coordinator),
+        "down returned with the coordinator alive"
+    );
+    wait_dead(service, "the service the killed coordinator left");
+    let reg = root.registry();
+    assert!(
+        reg["services"]["global"]
+            .as_object()
+            .is_none_or(|g| g.is_empty()),
+        "records left after down: {reg}"
+    );
+    assert!(root.file(".psm/down").exists(), "the down mark");
+}
+
+/// A root so deep that `.psm/coordinator.sock` would pass the unix socket
+/// limit (a ~200-byte root) still works: `up`, `status`, `stop`, `start`,
+/// `down` all reach the coordinator through its socket in the per-user
+/// runtime directory (0700), and `verify` names where the socket is.
+#[test]
+fn a_200_byte_root_works_through_a_short_socket_path() {
+    let root = Root::deep(200);
+    one_service(&root, "");
+    let coordinator = root.up();
+    let service = root.service_pid("svc");
+    root.reaper.group(service);
+    assert!(!root.file(".psm/coordinator.sock").exists());
+
+    let status = root.ok(&["status"]);
+    assert!(status.contains("svc"), "{status}");
+    let ping = root.ok(&["stop", "svc"]);
+    assert!(ping.contains("stopped svc"), "{ping}");
+    wait_dead(service, "stopped svc");
+    root.ok(&["start", "svc"]);
+    let again = new_pid(&root, "svc", service);
+    root.reaper.group(again);
+    let verify = root.psm(&["verify"]);
+    let table = String::from_utf8_lossy(&verify.stdout).into_owned();
+    let socket_line = table
+        .lines()
+        .find(|l| l.contains("socket"))
+        .unwrap_or_else(|| panic!("no socket line: {table}"));
+    assert!(socket_line.starts_with("pass"), "{table}");
+    assert!(socket_line.contains("too long"), "{table}");
+    root.ok(&["down"]);
+    wait_dead(again, "svc after down");
+    assert!(!alive(coordinator));
+}
+
+/// When the coordinator dies at start-up (something that is not a socket
+/// sits where its socket goes), `psm up` fails with the coordinator's own
+/// error line, not "did not become healthy within 10s"; `psm verify` names
+/// the cause. A `.psm` that is a plain file is one line from `up` and a
+/// `verify` failure too, and is left as it was.
+#[test]
+fn up_reports_why_the_coordinator_died_at_start_up() {
+    let root = Root::new();
+    one_service(&root, "");
+    fs::create_dir_all(root.file(".psm/coordinator.sock")).unwrap();
+    let out = root.psm(&["up"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("exited at start-up"), "{err}");
+    assert!(
+        err.contains("binding control socket"),
+        "the coordinator's cause: {err}"
+    );
+    assert!(!err.contains("did not become healthy"), "{err}");
+    let fails = |root: &Root| {
+        let verify = root.psm(&["verify"]);
+        String::from_utf8_lossy(&verify.stdout)
+            .lines()
+            .filter(|l| l.starts_with("FAIL"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let table = fails(&root);
+    assert!(
+        table
+            .iter()
+            .any(|l| l.contains("coordinator.sock is not a socket")),
+        "{table:?}"
+    );
+
+    fs::remove_dir_all(root.file(".psm")).unwrap();
+    fs::write(root.file(".psm"), "not a directory").unwrap();
+    let out = root.psm(&["up"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(".psm"), "{err}");
+    assert_eq!(root.read(".psm"), "not a directory", "left as it was");
+    let table = fails(&root);
+    assert!(
+        table.iter().any(|l| l.contains(".psm is not a directory")),
+        "{table:?}"
+    );
+}

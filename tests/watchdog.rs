@@ -514,6 +514,154 @@ fn an_unreadable_registry_is_left_alone() {
 }
 
 // ---------------------------------------------------------------------------
+// 1b. `down` stays down; the watchdog asks before it kills.
+
+/// Sets the coordinator's `lastHealthCheck` to `age` ago, under the
+/// registry's exclusive lock as every writer does.
+fn age_heartbeat(root: &Root, age: Duration) {
+    use std::os::fd::AsRawFd;
+    let lock = fs::File::open(root.file(".live-process-registry.json.lock")).expect("lock file");
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut reg = root.registry();
+    reg["services"]["global"][COORDINATOR]["lastHealthCheck"] =
+        json!(now_ms() - age.as_millis() as u64);
+    let tmp = root.file("registry.test-tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(&reg).unwrap()).unwrap();
+    fs::rename(&tmp, root.registry_path()).unwrap();
+    drop(lock); // closing the file releases the lock
+}
+
+/// `psm up; psm down; psm watchdog` starts nothing: verdict `stopped`, exit
+/// 0, one `stopped` log line, no coordinator, no service run again; neither
+/// does `verify --fix` (a warning) nor a KeepAlive agent's `psm coordinator
+/// --respect-down` (exit 0). Then `psm up` starts everything again and
+/// clears the mark, so the watchdog is back to `ok`.
+#[test]
+fn down_stays_down_until_up() {
+    let root = Root::new();
+    two_services(&root);
+    root.up();
+    let first = service_pids(&root);
+    root.ok(&["down"]);
+    assert_eq!(root.coordinator_pid(), None, "down left a coordinator");
+
+    let out = watchdog(&root, &[]);
+    let said = succeeded(&out, "watchdog after down");
+    assert!(said.starts_with("stopped: "), "{said}");
+    assert!(said.contains("psm down"), "the verdict says who: {said}");
+    assert_one_log_line(&root, "stopped");
+
+    let home = tempfile::tempdir().unwrap();
+    let fix = verify(&root, home.path(), &["--fix"]);
+    assert_eq!(fix.status.code(), Some(0), "{}", stderr(&fix));
+    let warned = not_passing(&fix);
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("coordinator") && l.contains("psm up")),
+        "verify says psm is down on purpose: {warned:?}"
+    );
+
+    let mut agent = root.cmd();
+    agent.args(["coordinator", "--respect-down"]);
+    let out = output_within(agent, LIMIT, "coordinator --respect-down");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not starting"), "{}", stderr(&out));
+
+    // Each of the three has returned: nothing they started could run now.
+    assert_eq!(
+        root.coordinator_pid(),
+        None,
+        "something started a coordinator"
+    );
+    for (n, p) in ["a", "b"].iter().zip(first) {
+        assert!(!alive(p), "{n} was stopped by down");
+        assert_eq!(lines(&root, &format!("{n}.runs")).len(), 1, "{n} ran again");
+    }
+
+    let second = root.up();
+    for n in ["a", "b"] {
+        let pid = root.service_pid(n);
+        root.reaper.group(pid);
+        wait_for(LIMIT, &format!("{n} ran again after up"), || {
+            lines(&root, &format!("{n}.runs")).len() == 2
+        });
+    }
+    wait_recorded_coordinator(&root, second);
+    let out = watchdog(&root, &[]);
+    let said = succeeded(&out, "watchdog after up");
+    assert!(said.starts_with("ok: "), "{said}");
+}
+
+/// A symlink planted where `down` leaves its mark is replaced, never written
+/// through: the file it points to keeps its content, and the mark is a
+/// regular 0600 file that still keeps psm down.
+#[test]
+fn down_never_writes_its_mark_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    root.write_config(FAST);
+    root.up();
+    let victim = root.file("victim");
+    fs::write(&victim, "keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, root.file(".psm/down")).unwrap();
+    root.ok(&["down"]);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me");
+    let mark = fs::symlink_metadata(root.file(".psm/down")).unwrap();
+    assert!(mark.is_file(), "{mark:?}");
+    assert_eq!(mark.permissions().mode() & 0o777, 0o600);
+    let said = succeeded(&watchdog(&root, &[]), "watchdog after down");
+    assert!(said.starts_with("stopped: "), "{said}");
+}
+
+/// A coordinator with a long health interval (`5m`) whose heartbeat is an
+/// hour old but that answers on its control socket is left alone: the
+/// coordinator records its interval, the watchdog (no `--max-age`) finds the
+/// heartbeat stale, pings, and reports `responsive` with exit 0; the same
+/// coordinator and services run, and nothing is killed.
+#[test]
+fn a_slow_coordinator_that_answers_is_left_alone() {
+    let root = Root::new();
+    two_services(&root);
+    let config = root.read("psm.toml").replace("100ms", "5m");
+    root.write_config(&config);
+    let coordinator = root.up();
+    let pids = service_pids(&root);
+    wait_recorded_coordinator(&root, coordinator);
+    let rec = root.global(COORDINATOR);
+    assert_eq!(rec["metadata"]["healthIntervalMs"], 300_000, "{rec}");
+
+    // Default max age with a 5m interval: 2 × 5m + 60 s = 11 min.
+    age_heartbeat(&root, Duration::from_secs(3600));
+    let out = watchdog(&root, &[]);
+    let said = succeeded(&out, "watchdog on a slow coordinator");
+    assert!(said.starts_with("responsive: "), "{said}");
+    assert!(said.contains("answers"), "{said}");
+    assert_one_log_line(&root, "responsive");
+    assert_eq!(root.coordinator_pid(), Some(coordinator), "it was killed");
+    assert!(alive(coordinator));
+    assert_services_untouched(&root, pids);
+}
+
+/// A heartbeat younger than twice the recorded interval plus a minute is not
+/// stale, even past the old fixed 120 s: with `health-interval = "5m"` and a
+/// heartbeat 4 minutes old, the verdict is `ok`, no ping needed.
+#[test]
+fn the_staleness_limit_follows_the_recorded_interval() {
+    let root = Root::new();
+    two_services(&root);
+    let config = root.read("psm.toml").replace("100ms", "5m");
+    root.write_config(&config);
+    let coordinator = root.up();
+    wait_recorded_coordinator(&root, coordinator);
+    age_heartbeat(&root, Duration::from_secs(240));
+    let out = watchdog(&root, &["--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json verdict");
+    assert_eq!(report["verdict"], "ok", "{report}");
+    assert_eq!(root.coordinator_pid(), Some(coordinator));
+}
+
+// ---------------------------------------------------------------------------
 // 2. Scheduling.
 
 /// Runs `python3 -c code` with `input` on stdin; parses what it prints as JSON.
@@ -688,9 +836,10 @@ fn install_renders_parseable_schedules_matching_the_launchd_files() {
         absolute(&coordinator["ProgramArguments"][0]),
         "{coordinator}"
     );
+    // A KeepAlive relaunch after `psm down` must start nothing.
     assert_eq!(
-        coordinator["ProgramArguments"].as_array().unwrap().last(),
-        Some(&json!("coordinator"))
+        coordinator["ProgramArguments"].as_array().unwrap()[1..],
+        [json!("coordinator"), json!("--respect-down")]
     );
     assert_eq!(
         keys(&coordinator["EnvironmentVariables"]),

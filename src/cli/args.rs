@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 
 /// psm — a process supervisor for developer machines.
 ///
@@ -47,11 +48,13 @@ pub enum Command {
     #[command(subcommand)]
     Session(SessionCommand),
     /// Run the coordinator in the foreground (launchd, systemd, debugging).
-    Coordinator(ConfigArgs),
+    Coordinator(CoordinatorArgs),
     /// Start the coordinator in the background if none runs, wait until it
     /// is healthy, and show the status.
     Up(ConfigArgs),
-    /// Stop every service and the coordinator.
+    /// Stop every service and the coordinator, and keep them stopped: the
+    /// watchdog, `verify --fix` and launchd agents start nothing until
+    /// `psm up` (or `psm coordinator`). Returns when all of it is gone.
     Down,
     /// Start a configured service (also one that failed or was stopped).
     Start(TargetArgs),
@@ -73,15 +76,50 @@ pub enum Command {
     /// Pre-start-up checks: registry, config, permissions, coordinator,
     /// dead records, duplicates, ports, watchdog.
     Verify(VerifyArgs),
+    /// Print the shell script that enables completion (service names come
+    /// from the psm.toml of the root you are in). Bash: add
+    /// `source <(psm completions bash)` to ~/.bashrc.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print psm's man page (roff): `psm man > ~/.local/share/man/man1/psm.1`.
+    Man,
+}
+
+/// The shells `psm completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+impl Shell {
+    /// clap_complete's name for the shell.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shell::Bash => "bash",
+            Shell::Zsh => "zsh",
+            Shell::Fish => "fish",
+            Shell::Elvish => "elvish",
+            Shell::Powershell => "powershell",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct WatchdogArgs {
     #[command(subcommand)]
     pub action: Option<WatchdogAction>,
-    /// A heartbeat older than this means the coordinator is hung.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
-    pub max_age: std::time::Duration,
+    /// A heartbeat older than this makes the watchdog ask the coordinator
+    /// (ping) and kill it if it does not answer. Default: twice the health
+    /// interval the coordinator records, plus a minute.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_age: Option<std::time::Duration>,
     /// The config to start a coordinator with when its record names none
     /// (default <root>/psm.toml).
     #[arg(long, value_name = "FILE")]
@@ -228,10 +266,21 @@ pub enum SessionCommand {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// The service name, as in psm.toml.
+    #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
     pub service: String,
     /// Only the instance of this project (per-project services); default: all.
     #[arg(long, value_name = "PATH")]
     pub project: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Exit 0 without starting if `psm down` stopped this root on purpose
+    /// (for launchd/systemd agents); without it, the mark is cleared.
+    #[arg(long)]
+    pub respect_down: bool,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +293,7 @@ pub struct ConfigArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The service name (per-project instances: name@project, or --project).
+    #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
     pub service: String,
     /// The project of a per-project instance.
     #[arg(long, value_name = "PATH")]

@@ -7,21 +7,34 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 
-use super::args::{ConfigArgs, LogsArgs, TargetArgs};
+use super::args::{ConfigArgs, CoordinatorArgs, LogsArgs, TargetArgs};
 use super::{output, CliError, CliResult};
 use crate::config::Config;
 use crate::coordinator::client::{self, ClientError};
 use crate::coordinator::protocol::{Request, Response, Target};
-use crate::coordinator::{self, CoordinatorLock, Outcome, Settings};
+use crate::coordinator::{
+    self, CoordinatorLock, DownMark, Outcome, Settings, UpDownLock, COORDINATOR_NAME,
+};
 use crate::input;
 use crate::paths::Paths;
-use crate::registry::StateManager;
+use crate::process::{signal_tree, Identity};
+use crate::registry::{ServiceKey, ServiceRecord, StateManager, Store};
 use crate::supervisor::Extensions;
 
 /// How long `up` waits for a new coordinator to answer.
 const UP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a control request may take (`down` waits for every service to stop).
+/// How long a control request may take (`stop` waits for its service to stop).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `up` or `down` waits for the other to finish: a `down` may wait
+/// out long stop timeouts.
+const UPDOWN_PATIENCE: Duration = Duration::from_secs(300);
+/// How long the coordinator has to acknowledge `down` (it replies at once).
+const DOWN_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// What `down` allows beyond the longest stop timeout: the last registry
+/// writes and the exit of a coordinator on a loaded machine.
+const DOWN_SLACK: Duration = Duration::from_secs(10);
+/// The longest `down` waits before it SIGKILLs the coordinator.
+const DOWN_WAIT_MAX: Duration = Duration::from_secs(3600);
 
 pub(super) fn config_path(paths: &Paths, args: &ConfigArgs) -> PathBuf {
     resolve_config(paths, args.config.as_deref())
@@ -55,14 +68,15 @@ fn already_running(pid: Option<i32>) {
     }
 }
 
-pub fn run_coordinator(paths: &Paths, args: &ConfigArgs, extensions: Extensions) -> CliResult {
-    let config_path = config_path(paths, args);
-    let config = load_config(&config_path, args.config.is_some())?;
+pub fn run_coordinator(paths: &Paths, args: &CoordinatorArgs, extensions: Extensions) -> CliResult {
+    let config_path = config_path(paths, &args.config);
+    let config = load_config(&config_path, args.config.config.is_some())?;
     let settings = Settings {
         paths: paths.clone(),
         config_path,
         config,
         extensions,
+        respect_down: args.respect_down,
     };
     match coordinator::run(settings)? {
         Outcome::Stopped => Ok(ExitCode::SUCCESS),
@@ -72,18 +86,43 @@ pub fn run_coordinator(paths: &Paths, args: &ConfigArgs, extensions: Extensions)
             already_running(pid);
             Ok(ExitCode::SUCCESS)
         }
+        // A decision, not a failure: exit 0 so no agent retries.
+        Outcome::StayedDown(mark) => {
+            eprintln!(
+                "psm: not starting: {}; `psm up` starts psm again",
+                mark.note
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult {
     let config_path = config_path(paths, args);
     let config = load_config(&config_path, args.config.is_some())?;
-    if let Some(pid) = CoordinatorLock::holder(paths) {
-        already_running(pid);
-    } else {
-        start_detached(paths, &config_path)?;
+    let _serial = UpDownLock::acquire(paths, UPDOWN_PATIENCE)?;
+    // `up` is the user's word against an earlier `down`.
+    let was_down = DownMark::read(paths).is_some();
+    if was_down {
+        DownMark::clear(paths)?;
     }
-    wait_healthy(paths)?;
+    let mut holder = CoordinatorLock::holder(paths);
+    if let (true, Some(pid)) = (was_down, holder) {
+        // A `down` may still be under way: that coordinator is leaving, so
+        // wait for it rather than report it as running.
+        if let Some(identity) = pid.and_then(Identity::of) {
+            wait_exit(paths, identity, UP_TIMEOUT);
+        }
+        holder = CoordinatorLock::holder(paths);
+    }
+    let child = match holder {
+        Some(pid) => {
+            already_running(pid);
+            None
+        }
+        None => Some(start_detached(paths, &config_path, false)?),
+    };
+    wait_healthy(paths, child)?;
     wait_recorded(manager, &config);
     output::print_status(&manager.get_health_status()?);
     Ok(ExitCode::SUCCESS)
@@ -111,21 +150,81 @@ fn wait_recorded(manager: &StateManager, config: &Config) {
     }
 }
 
-pub(super) fn start_detached(paths: &Paths, config_path: &Path) -> Result<(), CliError> {
-    coordinator::spawn_background(paths, config_path).with_context(|| {
-        format!(
-            "starting the coordinator (log: {})",
-            paths.coordinator_log().display()
-        )
-    })?;
-    Ok(())
+/// A coordinator started by this command: our child, so its exit is seen
+/// at once, and where its log stood, so its own error line can be shown.
+pub(super) struct Started {
+    child: std::process::Child,
+    log_from: u64,
 }
 
-/// Waits until the coordinator answers and its heartbeat is in the registry.
-pub(super) fn wait_healthy(paths: &Paths) -> Result<(), CliError> {
+/// Starts a coordinator in the background; with `respect_down` it starts
+/// nothing should `psm down` have left its mark (a repair, not the user's
+/// `up`).
+pub(super) fn start_detached(
+    paths: &Paths,
+    config_path: &Path,
+    respect_down: bool,
+) -> Result<Started, CliError> {
+    let log_from = std::fs::metadata(paths.coordinator_log()).map_or(0, |m| m.len());
+    let child =
+        coordinator::spawn_background(paths, config_path, respect_down).with_context(|| {
+            format!(
+                "starting the coordinator (log: {})",
+                paths.coordinator_log().display()
+            )
+        })?;
+    Ok(Started { child, log_from })
+}
+
+/// The line a coordinator that died at start-up left in its log: its
+/// `psm: …` error line, else its last line.
+fn startup_error(paths: &Paths, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(paths.coordinator_log()).ok()?;
+    file.seek(SeekFrom::Start(from)).ok()?;
+    let mut text = String::new();
+    // Bounded: a start-up writes a few lines, never megabytes.
+    file.take(64 * 1024).read_to_string(&mut text).ok()?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("psm: "))
+        .or(lines.last())
+        .map(|l| l.strip_prefix("psm: ").unwrap_or(l).to_string())
+}
+
+/// Waits until the coordinator answers. A coordinator this command started
+/// that exits first has failed (or found another in charge, exit 0): its
+/// error line is the answer, at once.
+pub(super) fn wait_healthy(paths: &Paths, mut started: Option<Started>) -> Result<(), CliError> {
     let deadline = Instant::now() + UP_TIMEOUT;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
+        if let Some(s) = &mut started {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                if !status.success() {
+                    let line =
+                        startup_error(paths, s.log_from).unwrap_or_else(|| "no error line".into());
+                    return Err(CliError::Failed(anyhow!(
+                        "the coordinator exited at start-up ({status}): {line}; see {}",
+                        paths.coordinator_log().display()
+                    )));
+                }
+                if let Some(mark) = DownMark::read(paths) {
+                    return Err(CliError::Failed(anyhow!(
+                        "not started: {}; `psm up` starts psm again",
+                        mark.note
+                    )));
+                }
+                // Exit 0: another coordinator won the race; wait for that one.
+                started = None;
+            }
+        }
         match client::request(paths, &Request::Ping, Duration::from_secs(2)) {
             Ok(r) if r.ok => return Ok(()),
             Ok(r) => last = r.message,
@@ -151,29 +250,150 @@ fn send(paths: &Paths, req: Request) -> Result<Response, CliError> {
     }
 }
 
+/// `psm down`: leave the "stopped on purpose" mark, ask the coordinator to
+/// stop everything, and return only when it has exited (by identity) or
+/// been SIGKILLed, with what it left stopped too.
 pub fn down(paths: &Paths) -> CliResult {
-    let pid = CoordinatorLock::holder(paths);
-    let resp = send(paths, Request::Down)?;
-    // The reply comes before the last records are gone; the lock is
-    // released only when the coordinator has exited, after all of it.
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    while CoordinatorLock::holder(paths).is_some() {
-        if Instant::now() >= deadline {
+    let not_running =
+        || CliError::Failed(ClientError::NotRunning(paths.root().display().to_string()).into());
+    // A root that never ran a coordinator is left as it is.
+    if !paths.runtime_dir().is_dir() {
+        return Err(not_running());
+    }
+    let _serial = UpDownLock::acquire(paths, UPDOWN_PATIENCE)?;
+    let Some(holder) = CoordinatorLock::holder(paths) else {
+        return Err(not_running());
+    };
+    // Its identity now, before its pid could be reused by anyone.
+    let identity = holder.and_then(Identity::of);
+    // Before the coordinator hears of it, so a watchdog racing this `down`
+    // sees the mark rather than a missing coordinator.
+    DownMark::write(paths)?;
+    let store = Store::new(paths.clone());
+    let limit = down_limit(&stop_timeouts(paths, &store));
+    let deadline = Instant::now() + limit;
+    let message = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
+        Ok(r) => r.message,
+        // Gone already, hung, or busy with another `down`: the wait decides.
+        Err(e) => format!("{e:#}"),
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let gone = match identity {
+        Some(id) => wait_exit(paths, id, left),
+        None => wait_lock_free(paths, left),
+    };
+    if !gone {
+        let Some(id) = identity else {
             return Err(CliError::Failed(anyhow!(
-                "the coordinator (pid {}) has not exited; see {}",
-                pid.flatten().map_or("?".into(), |p| p.to_string()),
+                "the coordinator holding {} did not exit within {}s and its pid is unknown; see {}",
+                paths.coordinator_lock().display(),
+                limit.as_secs(),
                 paths.coordinator_log().display()
             )));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        };
+        signal_tree(id, None, nix::sys::signal::Signal::SIGKILL);
+        wait_exit(paths, id, Duration::from_secs(2));
+        eprintln!(
+            "psm: the coordinator (pid {}) did not exit within {}s; SIGKILLed it",
+            id.pid,
+            limit.as_secs()
+        );
+        stop_leftovers(&store).context("stopping what the coordinator left")?;
     }
     println!(
         "{}",
-        resp.message
-            .replace("; the coordinator exits when done", "")
+        message.replace("; the coordinator exits when done", "")
     );
     println!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `down` waits for the coordinator: its services stop in
+/// parallel, each within its stop timeout, plus slack; an absurd stop
+/// timeout is waited for an hour at most.
+fn down_limit(stop_timeouts: &[Duration]) -> Duration {
+    let longest = stop_timeouts.iter().max().copied().unwrap_or_default();
+    longest.saturating_add(DOWN_SLACK).min(DOWN_WAIT_MAX)
+}
+
+/// The stop timeouts of the config the running coordinator recorded (else
+/// the default config). An unreadable config leaves the defaults.
+fn stop_timeouts(paths: &Paths, store: &Store) -> Vec<Duration> {
+    let recorded = store
+        .read_within(Duration::from_secs(2))
+        .ok()
+        .and_then(|reg| {
+            reg.get(&ServiceKey::global(COORDINATOR_NAME))?
+                .metadata
+                .get("config")?
+                .as_str()
+                .map(PathBuf::from)
+        });
+    let path = recorded.unwrap_or_else(|| paths.default_config());
+    Config::load(&path)
+        .map(|c| c.services.iter().map(|s| s.stop_timeout).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the process `identity` has exited and the coordinator lock is
+/// free; false if `limit` passes first.
+fn wait_exit(paths: &Paths, identity: Identity, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while identity.is_alive() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_lock_free(paths, deadline.saturating_duration_since(Instant::now()))
+}
+
+/// Waits until nobody holds the coordinator lock; false if `limit` passes.
+fn wait_lock_free(paths: &Paths, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while CoordinatorLock::holder(paths).is_some() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// After the coordinator had to be SIGKILLed: stops every service it
+/// recorded (identity-checked; its group only while the leader is ours) and
+/// removes their records and its own, as a clean `down` would have.
+fn stop_leftovers(store: &Store) -> anyhow::Result<()> {
+    let registry = store.read_within(Duration::from_secs(5))?;
+    let ours: Vec<(ServiceKey, ServiceRecord)> = registry
+        .services()
+        .filter(|(_, r)| {
+            r.metadata
+                .get("managedBy")
+                .and_then(serde_json::Value::as_str)
+                == Some(crate::supervisor::service::MANAGED_BY)
+        })
+        .map(|(k, r)| (k, r.clone()))
+        .collect();
+    let manager = StateManager::new(store.clone());
+    let named: Vec<(String, ServiceRecord)> = ours
+        .iter()
+        .map(|(k, r)| (k.to_string(), r.clone()))
+        .collect();
+    for t in manager.stop_services(&named) {
+        eprintln!(
+            "psm: stopped {} (pid {}) the coordinator left",
+            t.name, t.pid
+        );
+    }
+    store.update(|reg| {
+        for (key, _) in &ours {
+            reg.remove(key);
+        }
+        reg.remove(&ServiceKey::global(COORDINATOR_NAME));
+        Ok::<_, crate::registry::StoreError>(())
+    })?;
+    Ok(())
 }
 
 fn target(args: &TargetArgs) -> Result<Target, CliError> {
@@ -249,4 +469,24 @@ pub fn logs(paths: &Paths, args: &LogsArgs) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_waits_for_the_longest_stop_timeout_plus_slack_within_an_hour() {
+        let s = Duration::from_secs;
+        let table: [(&[Duration], Duration); 5] = [
+            (&[], s(10)),
+            (&[s(2)], s(12)),
+            (&[s(2), s(30), s(5)], s(40)),
+            (&[s(3595)], s(3600)),
+            (&[Duration::MAX], s(3600)),
+        ];
+        for (i, (timeouts, expected)) in table.into_iter().enumerate() {
+            assert_eq!(down_limit(timeouts), expected, "row {i}");
+        }
+    }
 }

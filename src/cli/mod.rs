@@ -2,6 +2,7 @@
 //! library, print. Exit codes: 0 success, 1 failure or not found, 2 usage.
 
 pub mod args;
+mod completions;
 mod daemon;
 mod entry;
 mod output;
@@ -82,6 +83,12 @@ pub fn run(cli: Cli) -> CliResult {
 /// Runs one parsed command; a coordinator it starts knows `extensions`.
 /// This is how an extended psm binary is made (see `examples/`).
 pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
+    // Neither needs a root (which may not resolve): they describe psm itself.
+    match cli.command {
+        Command::Completions { shell } => return completions::print_registration(shell),
+        Command::Man => return completions::print_man(),
+        _ => {}
+    }
     let paths = Paths::resolve(cli.root.as_deref()).context("finding the current directory")?;
     let manager = StateManager::new(Store::new(paths.clone()));
     match cli.command {
@@ -155,6 +162,8 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Top => top::run(&paths, &manager),
         Command::Watchdog(a) => watch::watchdog(&paths, a),
         Command::Verify(a) => watch::verify(&paths, &manager, &a),
+        Command::Completions { shell } => completions::print_registration(shell),
+        Command::Man => completions::print_man(),
     }
 }
 

@@ -107,10 +107,12 @@ pub fn verify(paths: &Paths, manager: &StateManager, args: &VerifyArgs) -> CliRe
             fixed.push(format!("removed {} dead record(s)", report.cleaned()));
         }
         if failed(&findings, "coordinator") && !failed(&findings, "config") {
-            if CoordinatorLock::holder(paths).is_none() {
-                start_detached(paths, &config)?;
-            }
-            wait_healthy(paths)?;
+            let started = match CoordinatorLock::holder(paths) {
+                // Should a `psm down` come in between, it still wins.
+                None => Some(start_detached(paths, &config, true)?),
+                Some(_) => None,
+            };
+            wait_healthy(paths, started)?;
             fixed.push("started the coordinator".into());
         }
         if !fixed.is_empty() {

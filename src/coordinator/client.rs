@@ -19,6 +19,8 @@ pub enum ClientError {
     },
     #[error("the coordinator sent an unreadable reply: {0}")]
     Protocol(String),
+    #[error("not talking to {socket}: {problem}")]
+    Untrusted { socket: String, problem: String },
 }
 
 /// Sends one request and waits up to `timeout` for the response.
@@ -29,6 +31,19 @@ pub fn request(paths: &Paths, req: &Request, timeout: Duration) -> Result<Respon
         path: shown.clone(),
         source,
     };
+    // A socket outside the root sits in a shared place (/tmp): talk to it
+    // only in a directory that is ours alone, or another user could answer.
+    if let Some(dir) = path.parent().filter(|d| *d != paths.runtime_dir()) {
+        if dir.symlink_metadata().is_ok() {
+            let uid = nix::unistd::geteuid().as_raw();
+            if let Some(problem) = crate::paths::private_dir_problem(dir, uid) {
+                return Err(ClientError::Untrusted {
+                    socket: shown,
+                    problem,
+                });
+            }
+        }
+    }
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e)

@@ -5,17 +5,21 @@
 //!  ├─ RegistryActor     own thread; the only registry writer in the daemon; batches
 //!  │                    writes (`registry::writer`: services hold only a `RegistryHandle`)
 //!  ├─ ServiceActor × N  one per service instance (or an extension kind's actor)
-//!  └─ control socket    <root>/.psm/coordinator.sock, newline-delimited JSON, same uid only
+//!  └─ control socket    <root>/.psm/coordinator.sock (or /tmp/psm-<uid>/<hash>.sock
+//!                       for a deep root: `Paths::control_socket`), JSON lines, same uid only
 //! ```
 //!
 //! [`run`] is the daemon's `main` as a library function. It holds an exclusive
 //! `flock` on `<root>/.psm/coordinator.lock` for its whole life, so two
 //! coordinators can never run on one root; the kernel releases it when the
-//! process dies, whatever the way.
+//! process dies, whatever the way. `psm down` leaves a [`DownMark`]; a run
+//! with `respect_down` (the watchdog's, a KeepAlive agent's) then starts
+//! nothing, any other run clears it.
 
 mod actor;
 pub mod client;
 mod control;
+mod plan;
 pub mod protocol;
 
 use std::fs::{self, File, OpenOptions};
@@ -35,6 +39,10 @@ use crate::paths::Paths;
 use crate::registry::{RegistryActor, Store};
 use crate::supervisor::Extensions;
 
+/// The heartbeat metadata key of the coordinator's health interval (ms),
+/// from which the watchdog derives how old a heartbeat may be.
+pub const INTERVAL_KEY: &str = "healthIntervalMs";
+
 /// What the coordinator needs to run.
 pub struct Settings {
     pub paths: Paths,
@@ -45,6 +53,10 @@ pub struct Settings {
     /// is reported before anything starts).
     pub config: Config,
     pub extensions: Extensions,
+    /// Started by the watchdog or a KeepAlive agent: if `psm down` left its
+    /// mark, start nothing. A coordinator started by the user (`psm up`,
+    /// `psm coordinator`) clears the mark instead.
+    pub respect_down: bool,
 }
 
 /// How a coordinator run ended.
@@ -54,6 +66,68 @@ pub enum Outcome {
     Stopped,
     /// Another coordinator holds this root; it stays in charge.
     AlreadyRunning(Option<i32>),
+    /// `psm down` stopped this root on purpose and the run respects it.
+    StayedDown(DownMark),
+}
+
+/// The durable "stopped on purpose" mark of `psm down` (see
+/// [`Paths::down_mark`]). It is written before the coordinator is told to
+/// stop, so a watchdog racing `down` sees it, and it lives until the user
+/// starts psm again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownMark {
+    /// What the mark says: who stopped psm and when.
+    pub note: String,
+}
+
+impl DownMark {
+    /// The mark, if `psm down` left one. Anything at the path counts, even
+    /// what cannot be read: when in doubt, do not start.
+    pub fn read(paths: &Paths) -> Option<DownMark> {
+        let path = paths.down_mark();
+        fs::symlink_metadata(&path).ok()?;
+        let note = fs::read_to_string(&path)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty() && t.len() < 512 && !t.chars().any(char::is_control))
+            .unwrap_or_else(|| format!("{} exists", path.display()));
+        Some(DownMark { note })
+    }
+
+    /// Leaves the mark (0600, never through a symlink) and flushes it to disk.
+    pub fn write(paths: &Paths) -> anyhow::Result<()> {
+        let path = paths.down_mark();
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let note = format!(
+            "stopped by `psm down` (pid {}) at {stamp}\n",
+            std::process::id()
+        );
+        let _ = fs::remove_file(&path);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("writing the down mark {}", path.display()))?;
+        file.write_all(note.as_bytes())?;
+        file.sync_all()
+            .with_context(|| format!("writing the down mark {}", path.display()))
+    }
+
+    /// Removes the mark: the user started psm again.
+    pub fn clear(paths: &Paths) -> anyhow::Result<()> {
+        let path = paths.down_mark();
+        // No mark (or no `.psm` at all, which the lock reports better).
+        if fs::symlink_metadata(&path).is_err() {
+            return Ok(());
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing the down mark {}", path.display())),
+        }
+    }
 }
 
 /// The exclusive lock that makes a coordinator the only one on its root.
@@ -64,15 +138,7 @@ pub struct CoordinatorLock {
 impl CoordinatorLock {
     /// Takes the lock without waiting, or reports who holds it.
     pub fn acquire(paths: &Paths) -> anyhow::Result<Result<Self, Option<i32>>> {
-        let dir = paths.runtime_dir();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating runtime directory {}", dir.display()))?;
-        // An existing directory keeps its mode; ours must be private.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("securing {}", dir.display()))?;
+        ensure_runtime_dir(paths)?;
         let path = paths.coordinator_lock();
         let mut file = OpenOptions::new()
             .read(true)
@@ -102,6 +168,57 @@ impl CoordinatorLock {
     }
 }
 
+/// Creates `<root>/.psm` (0700) if needed.
+fn ensure_runtime_dir(paths: &Paths) -> anyhow::Result<()> {
+    let dir = paths.runtime_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating runtime directory {}", dir.display()))?;
+    // An existing directory keeps its mode; ours must be private.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing {}", dir.display()))
+}
+
+/// Serialises `psm up` and `psm down` on one root: each holds it for its
+/// whole run, so an `up` issued while a `down` is under way starts a new
+/// coordinator after the old one has exited, instead of finding the leaving
+/// one "already running"; and a `down` after an `up` stops what that `up`
+/// started. The kernel drops it when its holder dies.
+pub struct UpDownLock {
+    _file: File,
+}
+
+impl UpDownLock {
+    /// Waits up to `patience` for the lock.
+    pub fn acquire(paths: &Paths, patience: std::time::Duration) -> anyhow::Result<Self> {
+        ensure_runtime_dir(paths)?;
+        let path = paths.updown_lock();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let deadline = std::time::Instant::now() + patience;
+        while FileExt::try_lock_exclusive(&file).is_err() {
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "another `psm up` or `psm down` on this root has run for over {}s (it holds {}); wait for it or end it",
+                    patience.as_secs(),
+                    path.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(UpDownLock { _file: file })
+    }
+}
+
 /// The pid the lock holder wrote. A holder that has just taken the lock may
 /// not have written it yet (or the file may still name its dead
 /// predecessor), so read until it names a live process, for up to a second.
@@ -127,10 +244,21 @@ fn read_holder(file: &mut File) -> Option<i32> {
 /// without waiting. Running the current executable means an extended binary
 /// (see examples/) starts an extended coordinator, and the watchdog starts
 /// the same psm it is.
-pub fn spawn_background(paths: &Paths, config_path: &Path) -> std::io::Result<u32> {
+///
+/// With `respect_down` (the watchdog) the new coordinator starts nothing
+/// if `psm down` left its mark; the caller gets the child to notice an early
+/// exit.
+pub fn spawn_background(
+    paths: &Paths,
+    config_path: &Path,
+    respect_down: bool,
+) -> std::io::Result<std::process::Child> {
     let exe = std::env::current_exe()?;
     let mut args: Vec<std::ffi::OsString> =
         vec!["--root".into(), paths.root().into(), "coordinator".into()];
+    if respect_down {
+        args.push("--respect-down".into());
+    }
     // The default config goes unnamed: named, a missing file would be an
     // error, while a root without psm.toml is a valid root with no services.
     if config_path != paths.default_config() {
@@ -143,8 +271,29 @@ pub fn spawn_background(paths: &Paths, config_path: &Path) -> std::io::Result<u3
         env: Vec::new(),
         log: paths.coordinator_log(),
     };
-    // The child is reparented once we exit; nobody here waits for it.
-    Ok(crate::process::spawn_detached(&spec)?.id())
+    // The child is reparented once we exit; the caller may wait on it.
+    crate::process::spawn_detached(&spec)
+}
+
+/// A socket outside the root (its path would be too long there) goes into
+/// the user's private runtime directory: created 0700, and refused unless it
+/// is a real directory of ours that nobody else can enter.
+fn prepare_socket_dir(paths: &Paths) -> anyhow::Result<()> {
+    let socket = paths.control_socket();
+    let Some(dir) = socket.parent().filter(|d| *d != paths.runtime_dir()) else {
+        return Ok(());
+    };
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating socket directory {}", dir.display()))
+        }
+    }
+    if let Some(problem) = crate::paths::private_dir_problem(dir, nix::unistd::geteuid().as_raw()) {
+        anyhow::bail!("cannot use socket directory: {problem}");
+    }
+    Ok(())
 }
 
 /// Runs the coordinator in the foreground until it is told to stop.
@@ -153,8 +302,18 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         Ok(lock) => lock,
         Err(pid) => return Ok(Outcome::AlreadyRunning(pid)),
     };
+    // Under the lock, so `up` and the watchdog cannot both decide.
+    if settings.respect_down {
+        if let Some(mark) = DownMark::read(&settings.paths) {
+            info!(mark = %mark.note, "stopped on purpose by psm down; not starting");
+            return Ok(Outcome::StayedDown(mark));
+        }
+    } else {
+        DownMark::clear(&settings.paths)?;
+    }
     crate::process::open_log(&settings.paths.coordinator_log())
         .context("creating the log directory")?;
+    prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths)?;
 
     let system = System::new();

@@ -101,6 +101,8 @@ impl Drop for Sleeper {
 /// A temp psm root with the binary pointed at it.
 pub struct Root {
     pub dir: tempfile::TempDir,
+    /// The psm root: `dir` itself, or a deep directory inside it.
+    root: PathBuf,
     pub reaper: Reaper,
 }
 
@@ -217,14 +219,27 @@ impl Root {
     }
 
     pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp root");
         Root {
-            dir: tempfile::tempdir().expect("temp root"),
+            root: dir.path().to_path_buf(),
+            dir,
             reaper: Reaper::default(),
         }
     }
 
+    /// A root at least `len` bytes long, nested inside a temp dir (deep
+    /// agent workspaces, macOS `$TMPDIR`).
+    pub fn deep(len: usize) -> Self {
+        let mut root = Root::new();
+        while root.root.as_os_str().len() < len {
+            root.root.push("a-rather-long-directory-name");
+        }
+        fs::create_dir_all(&root.root).expect("deep root");
+        root
+    }
+
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
