@@ -310,19 +310,7 @@ mod platform {
     use crate::process::macos;
 
     pub fn read_all() -> HashMap<i32, ProcStat> {
-        // Task times are in Mach absolute time units: nanoseconds on Intel,
-        // ticks of a slower clock on Apple silicon.
-        let mut base = libc::mach_timebase_info { numer: 0, denom: 0 };
-        // SAFETY: fills in the struct it is given.
-        #[allow(deprecated)]
-        unsafe {
-            libc::mach_timebase_info(&mut base)
-        };
-        let (numer, denom) = if base.denom == 0 {
-            (1, 1)
-        } else {
-            (base.numer as u64, base.denom as u64)
-        };
+        let (numer, denom) = timebase();
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -353,6 +341,23 @@ mod platform {
                 ))
             })
             .collect()
+    }
+
+    /// Task times are in Mach absolute time units (nanoseconds on Intel,
+    /// ticks of a slower clock on Apple silicon): this many ns per `denom`
+    /// units, as (numer, denom). libc marks its Mach bindings deprecated in
+    /// favour of the `mach2` crate; for one call a dependency does not earn
+    /// its place.
+    #[allow(deprecated)]
+    fn timebase() -> (u64, u64) {
+        let mut base = libc::mach_timebase_info { numer: 0, denom: 0 };
+        // SAFETY: fills in the struct it is given.
+        unsafe { libc::mach_timebase_info(&mut base) };
+        if base.denom == 0 {
+            (1, 1)
+        } else {
+            (base.numer as u64, base.denom as u64)
+        }
     }
 
     /// One `proc_pidinfo` query of a plain-data struct `T`.
