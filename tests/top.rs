@@ -344,3 +344,33 @@ fn status_measures_a_services_whole_tree() {
     assert!(header.contains("CPU") && header.contains("MEM"), "{table}");
     assert!(table.lines().all(|l| l.chars().count() <= 100), "{table}");
 }
+
+/// A FIFO where a service's log should be does not freeze the view: `enter`
+/// says it is not a regular file and `q` still quits.
+#[test]
+fn a_fifo_for_a_log_does_not_block_top() {
+    require_tmux();
+    let root = Root::new();
+    let sleeper = root.sleeper();
+    root.ok(&[
+        "register",
+        "piped",
+        &sleeper.id().to_string(),
+        "global",
+        "sleep",
+    ]);
+    std::fs::create_dir_all(root.file(".logs")).unwrap();
+    let fifo = std::ffi::CString::new(
+        root.file(".logs/piped.log")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let tmux = Tmux::start(&root, 100, 30, &top_command(&root));
+    tmux.wait("the service", |s| row(s, "piped").is_some());
+    tmux.keys(&["Enter"]);
+    tmux.wait("the FIFO refused", |s| s.contains("is not a regular file"));
+    tmux.keys(&["q"]);
+    tmux.wait("top exited", |s| s.contains("top exited: 0"));
+}

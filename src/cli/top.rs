@@ -282,9 +282,15 @@ impl<'a> App<'a> {
         self.log = match (self.overlay, self.selected_row()) {
             (Overlay::LogPane | Overlay::Logs, Some(row)) => {
                 let path = log_path(&self.paths, &row.health);
-                match crate::logs::tail(&path, 200) {
-                    Ok(lines) => lines,
-                    Err(e) => vec![format!("no log at {}: {e}", path.display())],
+                // Opening a FIFO would block the screen until a writer came.
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if !m.file_type().is_file() => {
+                        vec![format!("{} is not a regular file", path.display())]
+                    }
+                    _ => match crate::logs::tail(&path, 200) {
+                        Ok(lines) => lines.iter().map(|l| printable(l)).collect(),
+                        Err(e) => vec![format!("no log at {}: {e}", path.display())],
+                    },
                 }
             }
             _ => Vec::new(),
@@ -333,7 +339,7 @@ impl<'a> App<'a> {
             .iter()
             .enumerate()
             .map(|(i, item)| match item {
-                Item::Group(title) => Row::new([title.clone()]).style(Style::new().bold()),
+                Item::Group(title) => Row::new([printable(title)]).style(Style::new().bold()),
                 Item::Service(s) => {
                     if self.selected.as_ref() == Some(&key_of(&s.health)) {
                         selected = Some(i);
@@ -439,7 +445,7 @@ fn service_cells(s: &ServiceRow) -> Row<'static> {
         _ => Color::Red,
     };
     Row::new(vec![
-        format!("  {}", d.name).into(),
+        format!("  {}", printable(&d.name)).into(),
         Line::styled(d.status.clone(), Style::new().fg(colour)),
         d.pid.map_or("-".into(), |p| p.to_string()).into(),
         if running {
@@ -457,7 +463,7 @@ fn service_cells(s: &ServiceRow) -> Row<'static> {
             "-".into()
         }
         .into(),
-        s.last_exit.clone().unwrap_or_default().into(),
+        printable(s.last_exit.as_deref().unwrap_or_default()).into(),
     ])
 }
 
@@ -550,6 +556,33 @@ fn not_controllable(d: &ServiceHealth) -> Option<String> {
     }
 }
 
+/// A log line as the screen may show it: colour and other escape
+/// sequences (ESC `[` … final byte) dropped, tabs as spaces, any other
+/// control character as `?`, so a service's output cannot move the cursor
+/// or repaint the view.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.next_if_eq(&'[').is_some() {
+                    // Parameters and intermediates, then one final byte.
+                    while chars
+                        .next_if(|c| ('\u{20}'..='\u{3f}').contains(c))
+                        .is_some()
+                    {}
+                    chars.next();
+                }
+            }
+            '\t' => out.push_str("    "),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `s` starts what is not running and stops what is.
 fn stop_or_start(status: &str) -> fn(Target) -> Request {
     match status {
@@ -594,6 +627,23 @@ mod tests {
         ];
         for (status, want) in cases {
             assert_eq!(stop_or_start(status)(t()), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn log_lines_cannot_drive_the_terminal() {
+        let cases = [
+            ("plain", "plain"),
+            ("\u{1b}[31mred\u{1b}[0m", "red"),
+            ("\u{1b}[2J\u{1b}[1;1Hhome", "home"),
+            ("a\tb", "a    b"),
+            ("bell\u{7}\r", "bell??"),
+            ("lone \u{1b}x", "lone x"),
+            ("cut \u{1b}[", "cut "),
+            ("é ✓", "é ✓"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(printable(line), want, "{line:?}");
         }
     }
 
