@@ -140,8 +140,9 @@ command = ["sh", "talk.sh", "beta"]
 }
 
 /// `psm top` shows every service live: a `psm stop` shows within the
-/// refresh, `j` moves the selection, `enter` opens the log, `?` the help,
-/// `q` quits and leaves the terminal as it was.
+/// refresh, `s` starts it again and `r` restarts it, `j` moves the
+/// selection, `enter` opens the log, `?` the help, `q` quits and leaves the
+/// terminal as it was.
 #[test]
 fn top_shows_changes_and_answers_keys() {
     require_tmux();
@@ -185,6 +186,22 @@ fn top_shows_changes_and_answers_keys() {
     };
     let before = tmux.wait("a selected row", |s| selected(s).is_some());
     assert!(selected(&before).unwrap().contains("alpha"), "{before}");
+
+    // `s` starts the stopped service, `r` restarts it: a new pid on screen.
+    tmux.keys(&["s"]);
+    tmux.wait("alpha started by s", |s| {
+        row(s, "alpha").is_some_and(|r| r.contains("running"))
+    });
+    let old = root.service_pid("alpha");
+    tmux.keys(&["r"]);
+    let mut new = 0;
+    wait_for(WAIT, "alpha restarted by r", || {
+        new = root.global("alpha")["pid"].as_i64().unwrap_or(0) as i32;
+        new != old && new > 0 && alive(new)
+    });
+    tmux.wait("the new pid on screen", |s| {
+        row(s, "alpha").is_some_and(|r| r.split_whitespace().any(|w| w == new.to_string()))
+    });
     tmux.keys(&["j"]);
     tmux.wait("beta selected after j", |s| {
         selected(s).is_some_and(|l| l.contains("beta"))
@@ -200,6 +217,12 @@ fn top_shows_changes_and_answers_keys() {
     });
     tmux.keys(&["?"]);
     tmux.wait("the help closed", |s| !s.contains("restart it"));
+    tmux.keys(&["l"]);
+    tmux.wait("beta's log on the whole screen", |s| {
+        s.contains("hello from beta") && !s.contains("UPTIME")
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait("Esc back to the list", |s| s.contains("UPTIME"));
 
     tmux.keys(&["q"]);
     let after = tmux.wait("top exited", |s| s.contains("top exited: 0"));
