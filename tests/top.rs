@@ -232,14 +232,23 @@ fn top_shows_changes_and_answers_keys() {
 }
 
 /// At 80×24 with no coordinator, `psm top` says so in its header, still
-/// shows every column and the registry's services and sessions, and Esc quits.
+/// shows every column, the registry's services and a record's last exit
+/// reason, and Esc quits.
 #[test]
 fn top_without_a_coordinator_fits_80_by_24() {
     require_tmux();
     let root = Root::new();
     let sleeper = root.sleeper();
     let pid = sleeper.id().to_string();
-    root.ok(&["register", "watcher", &pid, "global", "sleep"]);
+    root.ok(&[
+        "register",
+        "watcher",
+        &pid,
+        "global",
+        "sleep",
+        "--meta",
+        "lastExit=exited with code 3",
+    ]);
     let tmux = Tmux::start(&root, 80, 24, &top_command(&root));
     let screen = tmux.wait("the registered service", |s| {
         row(s, "watcher").is_some_and(|r| r.contains("running"))
@@ -261,6 +270,8 @@ fn top_without_a_coordinator_fits_80_by_24() {
         );
     }
     assert!(screen.lines().all(|l| l.chars().count() <= 80));
+    let watcher = row(&screen, "watcher").unwrap();
+    assert!(watcher.contains("exited with code 3"), "{watcher:?}");
 
     // A record that dies shows as dead within the refresh.
     drop(sleeper);

@@ -33,7 +33,8 @@ use crate::paths::Paths;
 use crate::process::usage::Snapshot;
 use crate::registry::manager::health_with;
 use crate::registry::{
-    status, HealthStatus, Registry, Scope, ServiceHealth, ServiceKey, ServiceType, StateManager,
+    status, HealthStatus, Registry, Scope, ServiceHealth, ServiceKey, ServiceRecord, ServiceType,
+    StateManager,
 };
 use crate::time::{short_duration, since_millis};
 
@@ -487,15 +488,7 @@ fn items(registry: &Registry, health: HealthStatus) -> Vec<Item> {
             items.push(Item::Group(title.clone()));
             group = Some(title);
         }
-        let last_exit = registry.get(&key_of(&d)).and_then(|r| {
-            let exit = r
-                .extra
-                .get("lastExit")
-                .or_else(|| r.metadata.get("lastExit"));
-            exit.and_then(|e| e.get("reason"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
+        let last_exit = registry.get(&key_of(&d)).and_then(last_exit_reason);
         items.push(Item::Service(Box::new(ServiceRow {
             health: d,
             last_exit,
@@ -510,6 +503,21 @@ fn items(registry: &Registry, health: HealthStatus) -> Vec<Item> {
         }
     }
     items
+}
+
+/// The record's last exit reason, if it has one: `lastExit.reason` (or a
+/// plain `lastExit` string, as the job example writes), at the top level
+/// or in `metadata`. Read through the record's JSON, so it is found whether
+/// psm knows the field or only keeps it.
+fn last_exit_reason(record: &ServiceRecord) -> Option<String> {
+    let json = serde_json::to_value(record).ok()?;
+    let exit = [&json["lastExit"], &json["metadata"]["lastExit"]]
+        .into_iter()
+        .find(|v| !v.is_null())?;
+    match exit {
+        Value::String(s) => Some(s.clone()),
+        _ => exit["reason"].as_str().map(str::to_string),
+    }
 }
 
 fn session_title(sessions: &[crate::registry::SessionHealth], id: &str) -> String {
@@ -627,6 +635,55 @@ mod tests {
         ];
         for (status, want) in cases {
             assert_eq!(stop_or_start(status)(t()), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn last_exit_reason_is_found_where_it_is() {
+        let scope = Scope::Global;
+        let id = crate::process::Identity {
+            pid: 5,
+            start_time: 1,
+        };
+        let with = |key: &str, value: Value| {
+            let mut r = ServiceRecord::new(&scope, "s", id, 0);
+            if key == "metadata" {
+                r.metadata.insert("lastExit".into(), value);
+            } else {
+                r.extra.insert("lastExit".into(), value);
+            }
+            last_exit_reason(&r)
+        };
+        let reason = serde_json::json!({"time": 1, "code": 3, "reason": "exited with code 3"});
+        let cases = [
+            (
+                "top level",
+                with("extra", reason.clone()),
+                Some("exited with code 3"),
+            ),
+            (
+                "in metadata",
+                with("metadata", reason),
+                Some("exited with code 3"),
+            ),
+            (
+                "a plain string",
+                with("metadata", Value::from("exit 0")),
+                Some("exit 0"),
+            ),
+            (
+                "no reason",
+                with("extra", serde_json::json!({"code": 1})),
+                None,
+            ),
+            (
+                "none",
+                last_exit_reason(&ServiceRecord::new(&scope, "s", id, 0)),
+                None,
+            ),
+        ];
+        for (what, got, want) in cases {
+            assert_eq!(got.as_deref(), want, "{what}");
         }
     }
 
