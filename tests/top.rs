@@ -232,8 +232,8 @@ fn top_shows_changes_and_answers_keys() {
 }
 
 /// At 80×24 with no coordinator, `psm top` says so in its header, still
-/// shows every column, the registry's services and a record's last exit
-/// reason, and Esc quits.
+/// shows every column, the registry's services and sessions and a record's
+/// last exit reason, and Esc quits.
 #[test]
 fn top_without_a_coordinator_fits_80_by_24() {
     require_tmux();
@@ -249,10 +249,23 @@ fn top_without_a_coordinator_fits_80_by_24() {
         "--meta",
         "lastExit=exited with code 3",
     ]);
+    let project = root.file("proj");
+    std::fs::create_dir(&project).unwrap();
+    root.ok(&[
+        "session",
+        "register",
+        "s-1",
+        &pid,
+        project.to_str().unwrap(),
+    ]);
     let tmux = Tmux::start(&root, 80, 24, &top_command(&root));
     let screen = tmux.wait("the registered service", |s| {
         row(s, "watcher").is_some_and(|r| r.contains("running"))
     });
+    assert!(
+        screen.contains(&format!("session s-1 (pid {pid}, alive) (no services)")),
+        "{screen}"
+    );
     assert!(screen.contains("no coordinator runs"), "{screen}");
     for column in [
         "NAME",

@@ -19,8 +19,8 @@ use anyhow::Context;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::Line;
-use ratatui::widgets::{Block, Clear, Paragraph, Row, Table, TableState};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph};
 use ratatui::{DefaultTerminal, Frame};
 use serde_json::Value;
 
@@ -333,60 +333,56 @@ impl<'a> App<'a> {
         f.render_widget(Paragraph::new(text).style(Style::new().reversed()), footer);
     }
 
+    /// The list is lines, not a table, so a group heading (a long project
+    /// path or session) spans the width instead of being cut to a column.
     fn draw_list(&self, f: &mut Frame, area: Rect) {
-        let mut selected = None;
-        let rows: Vec<Row> = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                Item::Group(title) => Row::new([printable(title)]).style(Style::new().bold()),
-                Item::Service(s) => {
-                    if self.selected.as_ref() == Some(&key_of(&s.health)) {
-                        selected = Some(i);
-                    }
-                    service_cells(s)
-                }
-            })
-            .collect();
-        // Names as wide as the longest (indented under their group), up to
-        // what leaves the other columns whole at 80 columns.
+        // Names as wide as the longest (indented under their group), but
+        // leaving LAST EXIT at least 16 columns (at 80 columns, names are
+        // cut after 11 characters).
+        let fixed: usize = widths(0).iter().sum::<usize>() + 2;
+        let room = (area.width as usize).saturating_sub(fixed + 16);
         let name = self
             .services()
             .map(|s| s.health.name.chars().count() + 2)
             .max()
             .unwrap_or(4)
-            .clamp(6, 24) as u16;
-        let widths = [
-            Constraint::Length(name),
-            Constraint::Length(8),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(3),
-            Constraint::Length(6),
-            Constraint::Length(5),
-            Constraint::Length(6),
-            Constraint::Fill(1),
+            .clamp(6, room.clamp(10, 28));
+        let mut selected = None;
+        let lines: Vec<ListItem> = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Item::Group(title) => {
+                    ListItem::new(Line::styled(printable(title), Style::new().bold()))
+                }
+                Item::Service(s) => {
+                    if self.selected.as_ref() == Some(&key_of(&s.health)) {
+                        selected = Some(i);
+                    }
+                    ListItem::new(service_line(s, name))
+                }
+            })
+            .collect();
+        let [header, body] =
+            Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+        let titles = [
+            "NAME", "STATUS", "PID", "UPTIME", "RST", "CPU", "MEM", "HEALTH",
         ];
-        let header = Row::new([
-            "NAME",
-            "STATUS",
-            "PID",
-            "UPTIME",
-            "RST",
-            "CPU",
-            "MEM",
-            "HEALTH",
-            "LAST EXIT",
-        ])
-        .style(Style::new().add_modifier(Modifier::UNDERLINED));
-        let table = Table::new(rows, widths)
-            .header(header)
-            .column_spacing(1)
-            .row_highlight_style(Style::new().reversed())
+        let mut heading = String::from("  ");
+        for (title, width) in titles.iter().zip(widths(name)) {
+            heading.push_str(&cell(title, width));
+        }
+        heading.push_str("LAST EXIT");
+        f.render_widget(
+            Paragraph::new(heading).style(Style::new().add_modifier(Modifier::UNDERLINED)),
+            header,
+        );
+        let list = List::new(lines)
+            .highlight_style(Style::new().reversed())
             .highlight_symbol("> ");
-        let mut state = TableState::new().with_selected(selected);
-        f.render_stateful_widget(table, area, &mut state);
+        let mut state = ListState::default().with_selected(selected);
+        f.render_stateful_widget(list, body, &mut state);
     }
 
     fn draw_log(&self, f: &mut Frame, area: Rect) {
@@ -436,7 +432,26 @@ fn draw_help(f: &mut Frame, body: Rect) {
     );
 }
 
-fn service_cells(s: &ServiceRow) -> Row<'static> {
+/// Column widths, separator included, of everything before LAST EXIT.
+fn widths(name: usize) -> [usize; 8] {
+    [name + 1, 9, 8, 8, 4, 7, 6, 7]
+}
+
+/// `text` cut (ending in `…`) or padded to `width` characters, the last
+/// one a space.
+fn cell(text: &str, width: usize) -> String {
+    let room = width.saturating_sub(1);
+    let cut: String = if text.chars().count() > room {
+        let mut c: String = text.chars().take(room.saturating_sub(1)).collect();
+        c.push('…');
+        c
+    } else {
+        text.to_string()
+    };
+    format!("{cut:<width$}")
+}
+
+fn service_line(s: &ServiceRow, name: usize) -> Line<'static> {
     let d = &s.health;
     let running = d.status != status::DEAD && d.pid.is_some();
     let colour = match d.status.as_str() {
@@ -445,26 +460,25 @@ fn service_cells(s: &ServiceRow) -> Row<'static> {
         status::STOPPED => Color::Reset,
         _ => Color::Red,
     };
-    Row::new(vec![
-        format!("  {}", printable(&d.name)).into(),
-        Line::styled(d.status.clone(), Style::new().fg(colour)),
-        d.pid.map_or("-".into(), |p| p.to_string()).into(),
-        if running {
-            age(d.start_time)
-        } else {
-            "-".into()
-        }
-        .into(),
-        d.restart_count.to_string().into(),
-        cpu_cell(d.cpu).into(),
-        memory_cell(d.rss).into(),
-        if running {
-            age(d.last_health_check)
-        } else {
-            "-".into()
-        }
-        .into(),
-        printable(s.last_exit.as_deref().unwrap_or_default()).into(),
+    let since = |millis| if running { age(millis) } else { "-".into() };
+    let [w_name, w_status, rest @ ..] = widths(name);
+    let mut tail = String::new();
+    let cells = [
+        d.pid.map_or("-".into(), |p| p.to_string()),
+        since(d.start_time),
+        d.restart_count.to_string(),
+        cpu_cell(d.cpu),
+        memory_cell(d.rss),
+        since(d.last_health_check),
+    ];
+    for (text, width) in cells.iter().zip(rest) {
+        tail.push_str(&cell(text, width));
+    }
+    tail.push_str(&printable(s.last_exit.as_deref().unwrap_or_default()));
+    Line::from(vec![
+        Span::raw(cell(&format!("  {}", printable(&d.name)), w_name)),
+        Span::styled(cell(&d.status, w_status), Style::new().fg(colour)),
+        Span::raw(tail),
     ])
 }
 
@@ -684,6 +698,20 @@ mod tests {
         ];
         for (what, got, want) in cases {
             assert_eq!(got.as_deref(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn cells_are_cut_or_padded_to_their_width() {
+        let cases = [
+            ("abc", 5, "abc  "),
+            ("abcd", 5, "abcd "),
+            ("abcde", 5, "abc… "),
+            ("", 3, "   "),
+            ("é✓x", 3, "é… "),
+        ];
+        for (text, width, want) in cases {
+            assert_eq!(cell(text, width), want, "{text:?} in {width}");
         }
     }
 
