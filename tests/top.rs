@@ -393,7 +393,7 @@ fn status_measures_a_services_whole_tree() {
 }
 
 /// A FIFO where a service's log should be does not freeze the view: `enter`
-/// says it is not a regular file and `q` still quits.
+/// says it is not a regular file and Ctrl-C (a key in raw mode) still quits.
 #[test]
 fn a_fifo_for_a_log_does_not_block_top() {
     require_tmux();
@@ -418,6 +418,6 @@ fn a_fifo_for_a_log_does_not_block_top() {
     tmux.wait("the service", |s| row(s, "piped").is_some());
     tmux.keys(&["Enter"]);
     tmux.wait("the FIFO refused", |s| s.contains("is not a regular file"));
-    tmux.keys(&["q"]);
+    tmux.keys(&["C-c"]);
     tmux.wait("top exited", |s| s.contains("top exited: 0"));
 }

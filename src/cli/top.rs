@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -175,6 +175,10 @@ impl<'a> App<'a> {
                 continue;
             }
             match key.code {
+                // Raw mode turns Ctrl-C into a key, not a signal.
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(())
+                }
                 KeyCode::Char('q') => return Ok(()),
                 KeyCode::Esc if self.overlay == Overlay::None => return Ok(()),
                 KeyCode::Esc => self.overlay = Overlay::None,
@@ -411,7 +415,7 @@ fn draw_help(f: &mut Frame, body: Rect) {
         "  r          restart it (through the coordinator)",
         "  s          stop it, or start it when stopped or failed",
         "  ?          show / hide this help",
-        "  q  Esc     quit (Esc first closes a log or this help)",
+        "  q  Esc     quit (Esc first closes a log or this help); Ctrl-C too",
         "",
         "CPU is percent of one core since the last refresh; MEM is resident",
         "memory of the service's whole process tree.",
