@@ -12,6 +12,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -89,11 +90,35 @@ pub fn run(paths: &Paths, manager: &StateManager) -> CliResult {
         ));
     }
     let mut app = App::new(paths.clone(), manager);
+    quit_on_signals();
     // Installs a panic hook that restores the terminal before the message.
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let result = app.run(&mut terminal);
     ratatui::restore();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Set by SIGTERM or SIGHUP: the loop ends at its next tick and restores
+/// the terminal, instead of dying with it in raw mode on the alternate screen.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn quit_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic. Without it the
+        // default (terminate) applies, which is no worse than before.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
 }
 
 /// What the screen shows besides the list.
@@ -153,6 +178,9 @@ impl<'a> App<'a> {
     fn run(&mut self, terminal: &mut DefaultTerminal) -> Result<(), CliError> {
         let mut refreshed = Instant::now() - REFRESH;
         loop {
+            if SIGNALLED.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             if refreshed.elapsed() >= REFRESH {
                 self.refresh();
                 refreshed = Instant::now();
