@@ -30,6 +30,7 @@ use super::output::{age, cpu_cell, memory_cell};
 use super::{daemon, CliError, CliResult};
 use crate::coordinator::protocol::{Request, Target};
 use crate::coordinator::COORDINATOR_NAME;
+use crate::input;
 use crate::paths::Paths;
 use crate::process::usage::Snapshot;
 use crate::registry::manager::health_with;
@@ -321,7 +322,7 @@ impl<'a> App<'a> {
                         vec![format!("{} is not a regular file", path.display())]
                     }
                     _ => match crate::logs::tail(&path, 200) {
-                        Ok(lines) => lines.iter().map(|l| printable(l)).collect(),
+                        Ok(lines) => lines.iter().map(|l| log_line(l)).collect(),
                         Err(e) => vec![format!("no log at {}: {e}", path.display())],
                     },
                 }
@@ -385,9 +386,10 @@ impl<'a> App<'a> {
             .iter()
             .enumerate()
             .map(|(i, item)| match item {
-                Item::Group(title) => {
-                    ListItem::new(Line::styled(printable(title), Style::new().bold()))
-                }
+                Item::Group(title) => ListItem::new(Line::styled(
+                    input::printable(title).into_owned(),
+                    Style::new().bold(),
+                )),
                 Item::Service(s) => {
                     if self.selected.as_ref() == Some(&key_of(&s.health)) {
                         selected = Some(i);
@@ -506,9 +508,11 @@ fn service_line(s: &ServiceRow, name: usize) -> Line<'static> {
     for (text, width) in cells.iter().zip(rest) {
         tail.push_str(&cell(text, width));
     }
-    tail.push_str(&printable(s.last_exit.as_deref().unwrap_or_default()));
+    tail.push_str(&input::printable(
+        s.last_exit.as_deref().unwrap_or_default(),
+    ));
     Line::from(vec![
-        Span::raw(cell(&format!("  {}", printable(&d.name)), w_name)),
+        Span::raw(cell(&format!("  {}", input::printable(&d.name)), w_name)),
         Span::styled(cell(&d.status, w_status), Style::new().fg(colour)),
         Span::raw(tail),
     ])
@@ -610,31 +614,29 @@ fn not_controllable(d: &ServiceHealth) -> Option<String> {
     }
 }
 
-/// A log line as the screen may show it: colour and other escape
-/// sequences (ESC `[` … final byte) dropped, tabs as spaces, any other
-/// control character as `?`, so a service's output cannot move the cursor
+/// A log line as the screen may show it: colour and other CSI sequences
+/// (ESC `[` … final byte, which services print all the time) dropped, tabs
+/// as spaces, and anything else hostile escaped as the status table escapes
+/// it ([`input::printable`]), so a service's output cannot move the cursor
 /// or repaint the view.
-fn printable(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
+fn log_line(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\u{1b}' => {
-                if chars.next_if_eq(&'[').is_some() {
-                    // Parameters and intermediates, then one final byte.
-                    while chars
-                        .next_if(|c| ('\u{20}'..='\u{3f}').contains(c))
-                        .is_some()
-                    {}
-                    chars.next();
-                }
+            '\u{1b}' if chars.next_if_eq(&'[').is_some() => {
+                // Parameters and intermediates, then one final byte.
+                while chars
+                    .next_if(|c| ('\u{20}'..='\u{3f}').contains(c))
+                    .is_some()
+                {}
+                chars.next();
             }
-            '\t' => out.push_str("    "),
-            c if c.is_control() => out.push('?'),
-            c => out.push(c),
+            '\t' => plain.push_str("    "),
+            c => plain.push(c),
         }
     }
-    out
+    input::printable(&plain).into_owned()
 }
 
 /// `s` starts what is not running and stops what is.
@@ -754,13 +756,14 @@ mod tests {
             ("\u{1b}[31mred\u{1b}[0m", "red"),
             ("\u{1b}[2J\u{1b}[1;1Hhome", "home"),
             ("a\tb", "a    b"),
-            ("bell\u{7}\r", "bell??"),
-            ("lone \u{1b}x", "lone x"),
+            ("bell\u{7}\r", "bell\\u{7}\\r"),
+            ("lone \u{1b}x", "lone \\u{1b}x"),
             ("cut \u{1b}[", "cut "),
+            ("\u{1b}]0;title\u{7}", "\\u{1b}]0;title\\u{7}"),
             ("é ✓", "é ✓"),
         ];
         for (line, want) in cases {
-            assert_eq!(printable(line), want, "{line:?}");
+            assert_eq!(log_line(line), want, "{line:?}");
         }
     }
 
