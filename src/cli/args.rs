@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 
 /// psm — a process supervisor for developer machines.
 ///
@@ -65,12 +66,49 @@ pub enum Command {
     Reload,
     /// Print (and follow) a service's log.
     Logs(LogsArgs),
+    /// A live, full-screen view of every service and session: status, pid,
+    /// uptime, restarts, CPU, memory, health, last exit; restart, stop,
+    /// start and read logs from it (`?` lists the keys).
+    Top,
     /// Check the coordinator once and replace it if it is dead or hung
     /// (launchd/systemd run this every 60 s); or schedule that.
     Watchdog(WatchdogArgs),
     /// Pre-start-up checks: registry, config, permissions, coordinator,
     /// dead records, duplicates, ports, watchdog.
     Verify(VerifyArgs),
+    /// Print the shell script that enables completion (service names come
+    /// from the psm.toml of the root you are in). Bash: add
+    /// `source <(psm completions bash)` to ~/.bashrc.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print psm's man page (roff): `psm man > ~/.local/share/man/man1/psm.1`.
+    Man,
+}
+
+/// The shells `psm completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+impl Shell {
+    /// clap_complete's name for the shell.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shell::Bash => "bash",
+            Shell::Zsh => "zsh",
+            Shell::Fish => "fish",
+            Shell::Elvish => "elvish",
+            Shell::Powershell => "powershell",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +266,7 @@ pub enum SessionCommand {
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// The service name, as in psm.toml.
+    #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
     pub service: String,
     /// Only the instance of this project (per-project services); default: all.
     #[arg(long, value_name = "PATH")]
@@ -254,6 +293,7 @@ pub struct ConfigArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The service name (per-project instances: name@project, or --project).
+    #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
     pub service: String,
     /// The project of a per-project instance.
     #[arg(long, value_name = "PATH")]

@@ -409,9 +409,24 @@ fn target(args: &TargetArgs) -> Result<Target, CliError> {
 }
 
 pub fn control(paths: &Paths, make: fn(Target) -> Request, args: &TargetArgs) -> CliResult {
-    let resp = send(paths, make(target(args)?))?;
-    println!("{}", resp.message);
+    println!("{}", control_message(paths, make, args)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `start`/`stop`/`restart` and returns the coordinator's one-line
+/// answer (`psm top` shows it in its footer instead of printing it).
+pub(super) fn control_message(
+    paths: &Paths,
+    make: fn(Target) -> Request,
+    args: &TargetArgs,
+) -> Result<String, CliError> {
+    let target = target(args)?;
+    // The coordinator answers once the registry says what it did: a stuck
+    // lock holder is named now rather than after the request timeout.
+    crate::registry::Store::new(paths.clone())
+        .check_lock()
+        .map_err(|e| CliError::Failed(e.into()))?;
+    Ok(send(paths, make(target))?.message)
 }
 
 pub fn reload(paths: &Paths) -> CliResult {

@@ -11,6 +11,8 @@ use crate::supervisor::Extensions;
 
 /// Runs psm as a program, with `extensions` known to any coordinator it runs.
 pub fn main(extensions: Extensions) -> ExitCode {
+    // A shell asking for completion candidates gets them and nothing else.
+    super::completions::answer_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -2,10 +2,12 @@
 //! library, print. Exit codes: 0 success, 1 failure or not found, 2 usage.
 
 pub mod args;
+mod completions;
 mod daemon;
 mod entry;
 mod output;
 mod session;
+mod top;
 mod watch;
 
 use std::path::Path;
@@ -17,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::coordinator::protocol::Request;
 use crate::input::{self, InputError};
 use crate::paths::Paths;
+use crate::process::usage::Snapshot;
 use crate::registry::{
     ManagerError, Registration, Scope, ServiceKey, ServiceType, StateManager, Store,
 };
@@ -81,6 +84,12 @@ pub fn run(cli: Cli) -> CliResult {
 /// Runs one parsed command; a coordinator it starts knows `extensions`.
 /// This is how an extended psm binary is made (see `examples/`).
 pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
+    // Neither needs a root (which may not resolve): they describe psm itself.
+    match cli.command {
+        Command::Completions { shell } => return completions::print_registration(shell),
+        Command::Man => return completions::print_man(),
+        _ => {}
+    }
     let paths = Paths::resolve(cli.root.as_deref()).context("finding the current directory")?;
     let manager = StateManager::new(Store::new(paths.clone()));
     match cli.command {
@@ -114,7 +123,14 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(a) => {
-            let health = manager.get_health_status()?;
+            let registry = manager.store().read().map_err(ManagerError::from)?;
+            // One snapshot, so CPU is each process's lifetime average (as
+            // `ps` shows it): a second sample would cost its interval. It
+            // also answers liveness, so no process is read twice.
+            let mut snapshot = Snapshot::take();
+            let mut health =
+                crate::registry::manager::health_with(&registry, |id| snapshot.is_alive(id));
+            top::measure(&mut health, &registry, &mut snapshot, None);
             if a.json {
                 output::print_json(&health);
             } else {
@@ -144,8 +160,11 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Restart(a) => daemon::control(&paths, Request::Restart, &a),
         Command::Reload => daemon::reload(&paths),
         Command::Logs(a) => daemon::logs(&paths, &a),
+        Command::Top => top::run(&paths, &manager),
         Command::Watchdog(a) => watch::watchdog(&paths, a),
         Command::Verify(a) => watch::verify(&paths, &manager, &a),
+        Command::Completions { shell } => completions::print_registration(shell),
+        Command::Man => completions::print_man(),
     }
 }
 

@@ -1,11 +1,13 @@
 //! What the CLI prints: compact tables for people, JSON for programs.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use serde::Serialize;
 
+use crate::input::printable;
 use crate::registry::HealthStatus;
 use crate::time::{short_duration, since_millis};
 
@@ -25,8 +27,16 @@ pub fn print_json<T: Serialize>(value: &T) {
     let _ = out.write_all(&bytes);
 }
 
-/// Renders rows as left-aligned columns separated by two spaces.
+/// Renders rows as left-aligned columns separated by two spaces. Every cell
+/// goes through [`printable`]: names, statuses, sessions and paths come from
+/// the registry, which any program may write, and a raw escape sequence in
+/// one would reach the user's terminal (clear the screen, set the title,
+/// hide text). `--json` prints them exactly.
 fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -38,7 +48,7 @@ fn table(rows: &[Vec<String>]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
@@ -49,7 +59,7 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn age(millis: u64) -> String {
+pub(super) fn age(millis: u64) -> String {
     if millis == 0 {
         "-".to_string()
     } else {
@@ -65,12 +75,36 @@ fn short_project(path: &str) -> String {
         .unwrap_or_else(|| path.to_string())
 }
 
+/// CPU as a table shows it: "12.5%", "-" when not measured.
+pub(super) fn cpu_cell(cpu: Option<f64>) -> String {
+    cpu.map_or("-".to_string(), |c| format!("{c:.1}%"))
+}
+
+/// Resident memory in at most five characters: "812K", "12.4M", "1.2G".
+pub(super) fn memory_cell(rss: Option<u64>) -> String {
+    let Some(bytes) = rss else {
+        return "-".to_string();
+    };
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 10.0 && unit > 0 {
+        format!("{value:.1}{}", UNITS[unit])
+    } else {
+        format!("{value:.0}{}", UNITS[unit])
+    }
+}
+
 pub fn print_status(health: &HealthStatus) {
     if health.details.is_empty() {
         println!("no services registered");
     } else {
         let mut rows = vec![[
-            "NAME", "TYPE", "SCOPE", "PID", "STATUS", "UPTIME", "HEALTH", "RESTARTS",
+            "NAME", "TYPE", "SCOPE", "PID", "STATUS", "UPTIME", "HEALTH", "RESTARTS", "CPU", "MEM",
         ]
         .map(String::from)
         .to_vec()];
@@ -94,6 +128,8 @@ pub fn print_status(health: &HealthStatus) {
                 },
                 age(d.last_health_check),
                 d.restart_count.to_string(),
+                cpu_cell(d.cpu),
+                memory_cell(d.rss),
             ]);
         }
         print!("{}", table(&rows));
@@ -118,5 +154,54 @@ pub fn print_status(health: &HealthStatus) {
         }
         println!();
         print!("{}", table(&rows));
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    /// Control characters in cells are escaped, and columns align on what
+    /// is printed.
+    #[test]
+    fn cells_are_escaped_and_aligned() {
+        let rows = vec![
+            vec!["NAME".to_string(), "STATUS".to_string()],
+            vec!["a\u{1b}[2J".to_string(), "ok".to_string()],
+            vec!["b\nc".to_string(), "x\u{7}".to_string()],
+        ];
+        let text = table(&rows);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert_eq!(
+            text,
+            "NAME        STATUS\na\\u{1b}[2J  ok\nb\\nc        x\\u{7}\n"
+        );
+    }
+}
+
+#[cfg(test)]
+mod usage_cell_tests {
+    use super::*;
+
+    #[test]
+    fn memory_and_cpu_cells_stay_short() {
+        let cases = [
+            (None, "-"),
+            (Some(0), "0K"),
+            (Some(812 * 1024), "812K"),
+            (Some(999 * 1024 + 1000), "1000K"),
+            (Some(1024 * 1024), "1.0M"),
+            (Some(12_400 * 1024), "12M"),
+            (Some(3 * 1024 * 1024 * 1024), "3.0G"),
+            (Some(u64::MAX), "16777216T"),
+        ];
+        for (rss, want) in cases {
+            assert_eq!(memory_cell(rss), want, "{rss:?}");
+        }
+        assert_eq!(cpu_cell(Some(12.345)), "12.3%");
+        assert_eq!(cpu_cell(None), "-");
     }
 }

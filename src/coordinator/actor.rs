@@ -2,37 +2,55 @@
 //!
 //! State it owns: the config, the instances it wants running (global services
 //! once, per-project services once per active project), the handle of each
-//! instance's supervising actor, and the instances a user stopped.
+//! instance's supervising actor, the instances a user stopped, the queue of
+//! changes to the tree, and the stops still in flight.
 //! Every health interval it beats (refreshes its own registry record, which
 //! the watchdog reads), ends sessions whose process is gone, starts and stops
 //! per-project instances as projects become active or inactive, and rotates
 //! service logs. On start it adopts the live processes a previous coordinator
-//! left, instead of starting duplicates. On stop (`down`, SIGTERM, SIGINT) it
-//! stops every instance in parallel, removes their records and its own, and
-//! ends the actix system.
+//! left, instead of starting duplicates, and restarts those started from a
+//! spec the config no longer has. On stop (`down`, SIGTERM, SIGINT) it stops
+//! every instance in parallel, waits for every stop in flight, removes their
+//! records and its own, and ends the actix system.
+//!
+//! **One control path.** Everything that changes the tree — `start`, `stop`,
+//! `restart`, `reload`, `down`, the signals, the tick's per-project
+//! reconciliation — is a [`Change`] in one queue, carried out one at a time
+//! and to its end (stops awaited) before the next begins. Two commands that
+//! race therefore act as if one came after the other: a reload never sees
+//! another's half-done work, and a start never runs beside a stop of the
+//! same instance. `ping` is answered at once, even while a change runs.
+//! The decisions themselves are pure functions in `plan.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix::prelude::*;
 use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use super::plan::{self, Instances, Start};
 use super::protocol::{Request, Response, Target};
 use crate::config::{Config, Instance};
 use crate::paths::Paths;
 use crate::process::{terminate, Identity};
 use crate::registry::writer::{Persist, PersistNow, ReadRegistry};
 use crate::registry::{
-    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, ServiceType,
-    SessionRecord, StateManager, Store,
+    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, SessionRecord,
+    StateManager, Store,
 };
 use crate::supervisor::service::MANAGED_BY;
 use crate::supervisor::{
     Extensions, KindContext, ProbeHealth, RestartService, ServiceActor, ServiceHandle, StopService,
 };
 use crate::time::now_millis;
+
+/// How long past its stop timeout a service actor may take to confirm a
+/// stop before the coordinator goes on without it.
+const STOP_REPLY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The coordinator's own registry record (the seed's name).
 pub const COORDINATOR_NAME: &str = "global-service-coordinator";
@@ -55,6 +73,24 @@ struct Managed {
     handle: ServiceHandle,
 }
 
+/// A change to the supervision tree, queued and carried out one at a time.
+enum Change {
+    /// A control request other than `ping`.
+    Request(Request),
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM or SIGINT.
+    Shutdown,
+    /// The tick's per-project reconciliation, with the registry it read.
+    Reconcile(Box<Registry>),
+}
+
+struct Queued {
+    change: Change,
+    /// Where the response goes (the control connection), if anyone waits.
+    reply: Option<oneshot::Sender<Response>>,
+}
+
 pub struct CoordinatorActor {
     paths: Paths,
     config_path: PathBuf,
@@ -63,7 +99,16 @@ pub struct CoordinatorActor {
     probes: HashMap<String, Recipient<ProbeHealth>>,
     registry: Addr<RegistryActor>,
     services: BTreeMap<ServiceKey, Managed>,
-    user_stopped: HashSet<ServiceKey>,
+    user_stopped: BTreeSet<ServiceKey>,
+    /// Changes waiting for the one in progress to end.
+    queue: VecDeque<Queued>,
+    /// A change is being carried out.
+    busy: bool,
+    /// A reconciliation is queued; the tick does not queue another.
+    reconcile_queued: bool,
+    /// Stops running outside any service actor (a previous coordinator's
+    /// leftovers, ended sessions' services): shutdown waits for them.
+    in_flight: Vec<JoinHandle<()>>,
     me: Identity,
     started: u64,
     shutting_down: bool,
@@ -88,7 +133,11 @@ impl CoordinatorActor {
             extensions,
             registry,
             services: BTreeMap::new(),
-            user_stopped: HashSet::new(),
+            user_stopped: BTreeSet::new(),
+            queue: VecDeque::new(),
+            busy: false,
+            reconcile_queued: false,
+            in_flight: Vec::new(),
             shutting_down: false,
         }
     }
@@ -129,45 +178,28 @@ impl CoordinatorActor {
     /// Projects whose per-project services should run: the configured ones
     /// and those of live sessions.
     fn active_projects(&self, registry: &Registry) -> BTreeSet<PathBuf> {
-        let mut projects: BTreeSet<PathBuf> = self.config.projects.iter().cloned().collect();
-        projects.extend(
-            registry
-                .sessions
-                .values()
-                .filter(|s| s.is_alive() && !s.project_path.is_empty())
-                .map(|s| PathBuf::from(&s.project_path)),
-        );
-        projects
+        plan::active_projects(&self.config.projects, registry, |s| s.is_alive())
     }
 
     /// Every instance the config asks for, given the active projects.
     fn desired(&self, projects: &BTreeSet<PathBuf>) -> BTreeMap<ServiceKey, Instance> {
-        let root = self.paths.root();
-        let mut out = self.project_instances(projects);
-        for spec in &self.config.services {
-            if spec.service_type != ServiceType::PerProject {
-                let inst = spec.instantiate(root, None);
-                out.insert(inst.key.clone(), inst);
-            }
-        }
-        out
+        let (specs, root) = (&self.config.services, self.paths.root());
+        plan::desired(specs, root, projects, Instances::All, Path::is_dir)
     }
 
     /// The per-project instances alone: what a tick's reconciliation needs,
     /// without instantiating every global service each round.
     fn project_instances(&self, projects: &BTreeSet<PathBuf>) -> BTreeMap<ServiceKey, Instance> {
-        let root = self.paths.root();
-        self.config
-            .services
+        let (specs, root) = (&self.config.services, self.paths.root());
+        plan::desired(specs, root, projects, Instances::PerProject, Path::is_dir)
+    }
+
+    /// The instances whose actors run now.
+    fn running(&self, scope: impl Fn(&Scope) -> bool) -> BTreeMap<ServiceKey, Instance> {
+        self.services
             .iter()
-            .filter(|spec| spec.service_type == ServiceType::PerProject)
-            .flat_map(|spec| {
-                projects
-                    .iter()
-                    .filter(|p| p.is_dir())
-                    .map(move |p| spec.instantiate(root, Some(p)))
-            })
-            .map(|inst| (inst.key.clone(), inst))
+            .filter(|(k, _)| scope(&k.scope))
+            .map(|(k, m)| (k.clone(), m.instance.clone()))
             .collect()
     }
 
@@ -194,8 +226,9 @@ impl CoordinatorActor {
             .insert(instance.key.clone(), Managed { instance, handle });
     }
 
-    /// Adopts or starts what the config wants; ends what a previous
-    /// coordinator left running that the config no longer has.
+    /// Adopts or starts what the config wants (replacing an adopted process
+    /// started from another spec); ends what a previous coordinator left
+    /// running that the config no longer has.
     fn initial(&mut self, registry: Registry) {
         let previous: BTreeMap<ServiceKey, ServiceRecord> = registry
             .services()
@@ -204,65 +237,53 @@ impl CoordinatorActor {
             })
             .map(|(k, r)| (k, r.clone()))
             .collect();
-        self.user_stopped = previous
-            .iter()
-            .filter(|(_, r)| r.status == status::STOPPED)
-            .map(|(k, _)| k.clone())
-            .collect();
         let desired = self.desired(&self.active_projects(&registry));
-        let mut unrecorded = self.unrecorded_services(&previous);
-        let mut adopted = 0;
-        for (key, instance) in &desired {
-            if self.user_stopped.contains(key) {
-                continue;
+        let unrecorded = self.unrecorded_services(&previous);
+        let split = plan::adoption(
+            previous,
+            unrecorded,
+            &desired,
+            ServiceRecord::is_alive,
+            now_millis(),
+        );
+        self.user_stopped = split.user_stopped;
+        let (mut adopted, mut replaced) = (0, 0);
+        for (key, start) in split.start {
+            let instance = desired[&key].clone();
+            match start {
+                Start::Adopt(record) => {
+                    adopted += 1;
+                    self.start_instance(instance, Some(record));
+                }
+                Start::Replace(record) => {
+                    // Taken over first, so that its actor owns the process
+                    // and its stop (a `psm stop` arriving meanwhile included),
+                    // then restarted on the config's spec.
+                    replaced += 1;
+                    info!(service = %instance.label, pid = ?record.pid, "started from another spec; restarting");
+                    self.start_instance(instance, Some(record));
+                    if let Some(m) = self.services.get(&key) {
+                        m.handle.restart.do_send(RestartService { force: true });
+                    }
+                }
+                Start::Fresh => self.start_instance(instance, None),
             }
-            let adopt = previous
-                .get(key)
-                .filter(|r| r.is_alive())
-                .cloned()
-                .or_else(|| {
-                    // Started by a coordinator that died before recording it.
-                    let (_, identity) = unrecorded.get_mut(&instance.label)?.pop()?;
-                    let mut r = ServiceRecord::new(
-                        &key.scope,
-                        instance.spec.command.join(" "),
-                        identity,
-                        now_millis(),
-                    );
-                    r.pgid = Some(identity.pid);
-                    Some(r)
-                });
-            adopted += usize::from(adopt.is_some());
-            self.start_instance(instance.clone(), adopt);
         }
-        // Whatever is left is a twin or no longer configured: end it.
-        let twins: Vec<(ServiceKey, ServiceRecord)> = unrecorded
-            .into_values()
-            .flatten()
-            .map(|(key, identity)| {
-                let mut r = ServiceRecord::new(&key.scope, "", identity, now_millis());
-                r.pgid = Some(identity.pid);
-                (key, r)
-            })
-            .collect();
-        if !twins.is_empty() {
+        if !split.twins.is_empty() {
             warn!(
-                count = twins.len(),
+                count = split.twins.len(),
                 "ending unrecorded service processes of this root"
             );
-            self.end_processes(twins, false);
+            self.end_processes(split.twins, false);
         }
-        let leftovers: Vec<(ServiceKey, ServiceRecord)> = previous
-            .into_iter()
-            .filter(|(k, _)| !desired.contains_key(k))
-            .collect();
         info!(
             services = desired.len(),
             adopted,
-            leftovers = leftovers.len(),
+            replaced,
+            leftovers = split.leftovers.len(),
             "supervising"
         );
-        self.end_processes(leftovers, true);
+        self.end_processes(split.leftovers, true);
     }
 
     /// Processes this root's coordinators spawned that no record names,
@@ -288,11 +309,11 @@ impl CoordinatorActor {
 
     /// Stops processes of ours that no instance wants, off the actor thread
     /// (stopping waits); with `recorded`, then removes their records.
-    fn end_processes(&self, leftovers: Vec<(ServiceKey, ServiceRecord)>, recorded: bool) {
+    fn end_processes(&mut self, leftovers: Vec<(ServiceKey, ServiceRecord)>, recorded: bool) {
         for (key, record) in leftovers {
             let registry = self.registry.clone();
             let stop = record.stop_request(&key.name, self.paths.root(), Duration::from_secs(2));
-            actix_rt::spawn(async move {
+            self.track(async move {
                 if let Some(req) = stop {
                     let _ = actix_rt::task::spawn_blocking(move || terminate(&req)).await;
                 }
@@ -306,6 +327,13 @@ impl CoordinatorActor {
         }
     }
 
+    /// Runs `work` (a stop outside any service actor) on the runtime;
+    /// shutdown waits for it.
+    fn track(&mut self, work: impl std::future::Future<Output = ()> + 'static) {
+        self.in_flight.retain(|h| !h.is_finished());
+        self.in_flight.push(actix_rt::spawn(work));
+    }
+
     /// The periodic work: heartbeat, session sweep, project changes, logs.
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.shutting_down {
@@ -313,16 +341,16 @@ impl CoordinatorActor {
         }
         self.heartbeat();
         self.rotate_logs();
-        ctx.spawn(
-            self.registry
-                .send(ReadRegistry)
-                .into_actor(self)
-                .map(|res, act, _| match res {
-                    Ok(Ok(registry)) => act.sweep(registry),
-                    Ok(Err(e)) => warn!(error = %e, "sweep skipped: cannot read the registry"),
-                    Err(_) => {}
-                }),
-        );
+        ctx.spawn(self.registry.send(ReadRegistry).into_actor(self).map(
+            |res, act, ctx| match res {
+                Ok(Ok(registry)) => {
+                    act.sweep(registry);
+                    act.pump(ctx);
+                }
+                Ok(Err(e)) => warn!(error = %e, "sweep skipped: cannot read the registry"),
+                Err(_) => {}
+            },
+        ));
     }
 
     fn sweep(&mut self, registry: Registry) {
@@ -337,56 +365,45 @@ impl CoordinatorActor {
             info!(session = %id, services = services.len(), "session ended; cleaning up");
             let manager = StateManager::new(Store::new(self.paths.clone()));
             let registry_addr = self.registry.clone();
-            actix_rt::spawn(async move {
+            self.track(async move {
                 let stopped = services.clone();
                 let _ =
                     actix_rt::task::spawn_blocking(move || manager.stop_services(&services)).await;
                 registry_addr.do_send(Persist(RegistryOp::EndSession { id, stopped }));
             });
         }
-        self.reconcile_projects(&registry);
+        // Starting and stopping instances changes the tree: queued behind
+        // any change in progress (the caller pumps the queue).
+        if !std::mem::replace(&mut self.reconcile_queued, true) {
+            self.queue.push_back(Queued {
+                change: Change::Reconcile(Box::new(registry)),
+                reply: None,
+            });
+        }
     }
 
     /// Starts per-project instances of newly active projects and stops those
-    /// of projects no longer active. Global instances are untouched.
-    fn reconcile_projects(&mut self, registry: &Registry) {
+    /// of projects no longer active (awaited). Global instances are untouched.
+    fn reconcile_projects(&mut self, registry: &Registry) -> impl std::future::Future<Output = ()> {
         let desired = self.project_instances(&self.active_projects(registry));
-        let gone: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| matches!(k.scope, Scope::Project(_)) && !desired.contains_key(k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(m) = self.services.remove(&key) {
-                info!(service = %m.instance.label, "project inactive; stopping");
-                m.handle.stop.do_send(StopService { keep_record: false });
-            }
+        let running = self.running(|s| matches!(s, Scope::Project(_)));
+        let plan = plan::reload_plan(&running, &self.user_stopped, &desired);
+        for key in &plan.removed {
+            info!(service = %self.services[key].instance.label, "project inactive; stopping");
         }
-        for (key, instance) in desired {
-            if !self.services.contains_key(&key) && !self.user_stopped.contains(&key) {
-                info!(service = %instance.label, "project active; starting");
-                self.start_instance(instance, None);
-            }
+        let stops = self.stop_keys(plan.removed, false);
+        for key in plan.added {
+            let instance = desired[&key].clone();
+            info!(service = %instance.label, "project active; starting");
+            self.start_instance(instance, None);
         }
+        stops
     }
 
-    /// Rotation copies up to `max-size` bytes per log: done on a blocking
-    /// thread so no actor waits for it.
+    /// Rotation itself is done promptly by the log size watch's own thread
+    /// (`logs::SizeWatch`); each tick hands it the current config's policy.
     fn rotate_logs(&self) {
-        let policy = self.config.logs;
-        let logs: Vec<PathBuf> = self
-            .services
-            .values()
-            .map(|m| self.paths.service_log(&m.instance.label))
-            .collect();
-        actix_rt::task::spawn_blocking(move || {
-            for path in logs {
-                if let Err(e) = crate::logs::rotate_if_needed(&path, policy.max_size, policy.keep) {
-                    warn!(log = %path.display(), error = %e, "log rotation failed");
-                }
-            }
-        });
+        crate::logs::set_policy(self.config.logs.max_size, self.config.logs.keep);
     }
 
     /// The managed instances a request names; every instance of the name
@@ -428,6 +445,8 @@ impl CoordinatorActor {
         pool
     }
 
+    /// Stops the actors of `keys` (removing them from the tree at once);
+    /// the future resolves when every one has confirmed.
     fn stop_keys(
         &mut self,
         keys: Vec<ServiceKey>,
@@ -436,82 +455,139 @@ impl CoordinatorActor {
         let stops: Vec<_> = keys
             .into_iter()
             .filter_map(|k| self.services.remove(&k))
-            .map(|m| m.handle.stop.send(StopService { keep_record }))
+            .map(|m| {
+                // A stop ends within its stop timeout (then SIGKILL) and the
+                // moment the exit is seen. An actor silent far beyond that
+                // (an extension kind's bug, a process stuck in the kernel)
+                // must not hold every later change back for ever.
+                let patience = m.instance.spec.stop_timeout + STOP_REPLY_GRACE;
+                let stop = m.handle.stop.send(StopService { keep_record });
+                (m.instance.label, stop.timeout(patience))
+            })
             .collect();
         // `send` has already queued every message, so the services stop in
         // parallel; awaiting the replies one by one only collects them.
         async move {
-            for stop in stops {
-                let _ = stop.await;
+            for (label, stop) in stops {
+                if let Err(MailboxError::Timeout) = stop.await {
+                    error!(service = %label, "did not confirm its stop in time; going on without it");
+                }
             }
         }
     }
 
-    fn handle_request(
+    /// Queues a change; it is carried out once those before it are done.
+    fn enqueue(
         &mut self,
-        req: Request,
+        change: Change,
+        reply: Option<oneshot::Sender<Response>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.queue.push_back(Queued { change, reply });
+        self.pump(ctx);
+    }
+
+    /// Starts the next queued change unless one is in progress.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        let Some(Queued { change, reply }) = self.queue.pop_front() else {
+            return;
+        };
+        self.busy = true;
+        let work = self.carry_out(change, ctx);
+        ctx.spawn(work.map(move |response, act, ctx| {
+            if let Some(reply) = reply {
+                let _ = reply.send(response);
+            }
+            act.busy = false;
+            act.pump(ctx);
+        }));
+    }
+
+    /// One change, to its end: the future resolves once every stop it
+    /// started is done.
+    fn carry_out(
+        &mut self,
+        change: Change,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Response> {
         let ready = |r: Response| -> ResponseActFuture<Self, Response> { Box::pin(fut::ready(r)) };
-        if self.shutting_down && req != Request::Ping {
+        if self.shutting_down && !matches!(change, Change::Shutdown) {
             return ready(Response::error("the coordinator is shutting down"));
         }
-        match req {
-            Request::Ping => ready(Response {
-                data: json!({ "pid": self.me.pid, "services": self.services.len() }),
-                ..Response::ok(format!("coordinator running (pid {})", self.me.pid))
-            }),
-            Request::Start(target) => self.start_request(&target, false, ctx),
-            Request::Restart(target) => self.start_request(&target, true, ctx),
-            Request::Stop(target) => {
-                let keys = self.matching(&target, &self.configured());
-                if keys.is_empty() {
-                    return ready(no_such_service(&target));
-                }
-                let running: Vec<ServiceKey> = keys
-                    .iter()
-                    .filter(|k| self.services.contains_key(k))
-                    .cloned()
-                    .collect();
-                let registry = self.registry.clone();
-                // Already-stopped instances still get a `stopped` record.
-                for key in keys.iter().filter(|k| !self.services.contains_key(k)) {
-                    let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
-                    rec.status = status::STOPPED.into();
-                    rec.metadata
-                        .insert("managedBy".into(), Value::from(MANAGED_BY));
-                    registry.do_send(Persist(RegistryOp::Upsert {
-                        key: key.clone(),
-                        record: Box::new(rec),
-                    }));
-                }
-                self.user_stopped.extend(keys.iter().cloned());
-                let n = keys.len();
-                let name = target.service.clone();
-                Box::pin(
-                    self.stop_keys(running, true)
-                        .into_actor(self)
-                        .map(move |(), _, _| {
-                            Response::ok(format!("stopped {name} ({n} instance(s))"))
-                        }),
-                )
-            }
-            Request::Reload => self.reload(),
-            Request::Down => {
+        match change {
+            Change::Request(Request::Ping) => ready(self.ping()),
+            Change::Request(Request::Start(target)) => self.start_request(&target, false),
+            Change::Request(Request::Restart(target)) => self.start_request(&target, true),
+            Change::Request(Request::Stop(target)) => self.stop_request(&target),
+            Change::Request(Request::Reload) | Change::Reload => self.reload(),
+            Change::Request(Request::Down) | Change::Shutdown => {
                 self.shutdown(ctx);
                 ready(Response::ok(
                     "stopping every service; the coordinator exits when done",
                 ))
             }
+            Change::Reconcile(registry) => {
+                self.reconcile_queued = false;
+                let stops = self.reconcile_projects(&registry);
+                Box::pin(
+                    stops
+                        .into_actor(self)
+                        .map(|(), _, _| Response::ok("reconciled")),
+                )
+            }
         }
     }
 
-    fn start_request(
-        &mut self,
-        target: &Target,
-        force: bool,
-        _ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, Response> {
+    fn ping(&self) -> Response {
+        Response {
+            data: json!({
+                "pid": self.me.pid,
+                "services": self.services.len(),
+                "stopping": self.shutting_down,
+            }),
+            ..Response::ok(format!("coordinator running (pid {})", self.me.pid))
+        }
+    }
+
+    /// `psm stop`: stops the running instances of the target (awaited) and
+    /// records every one of them `stopped`, to stay down until started.
+    fn stop_request(&mut self, target: &Target) -> ResponseActFuture<Self, Response> {
+        let keys = self.matching(target, &self.configured());
+        if keys.is_empty() {
+            return Box::pin(fut::ready(no_such_service(target)));
+        }
+        let running: Vec<ServiceKey> = keys
+            .iter()
+            .filter(|k| self.services.contains_key(k))
+            .cloned()
+            .collect();
+        // Already-stopped instances still get a `stopped` record.
+        for key in keys.iter().filter(|k| !self.services.contains_key(k)) {
+            let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
+            rec.status = status::STOPPED.into();
+            rec.metadata
+                .insert("managedBy".into(), Value::from(MANAGED_BY));
+            self.registry.do_send(Persist(RegistryOp::Upsert {
+                key: key.clone(),
+                record: Box::new(rec),
+            }));
+        }
+        self.user_stopped.extend(keys.iter().cloned());
+        let n = keys.len();
+        let name = target.service.clone();
+        Box::pin(
+            self.stop_keys(running, true)
+                .into_actor(self)
+                .map(move |(), _, _| Response::ok(format!("stopped {name} ({n} instance(s))"))),
+        )
+    }
+
+    /// `psm start` / `psm restart`: the target's actors are told to start
+    /// (or restart); instances without one get a new actor.
+    fn start_request(&mut self, target: &Target, force: bool) -> ResponseActFuture<Self, Response> {
         let pool = self.configured();
         let keys = self.matching(target, &pool);
         if keys.is_empty() {
@@ -539,7 +615,10 @@ impl CoordinatorActor {
             match Config::load(&self.config_path) {
                 Ok(c) => c,
                 Err(e) => {
-                    let msg = format!("reload refused, the running config stays: {e}");
+                    let msg = format!(
+                        "reload refused, the running config stays: {:#}",
+                        anyhow::Error::from(e)
+                    );
                     error!("{msg}");
                     return Box::pin(fut::ready(Response::error(msg)));
                 }
@@ -559,53 +638,25 @@ impl CoordinatorActor {
                         _ => act.config.projects.iter().cloned().collect(),
                     };
                     let desired = act.desired(&projects);
-                    let removed: Vec<ServiceKey> = act
-                        .services
-                        .keys()
-                        .filter(|k| !desired.contains_key(k))
-                        .cloned()
-                        .collect();
-                    let changed: Vec<ServiceKey> = act
-                        .services
-                        .iter()
-                        .filter(|(k, m)| desired.get(k).is_some_and(|d| *d != m.instance))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    let added: Vec<ServiceKey> = desired
-                        .keys()
-                        .filter(|k| !act.services.contains_key(k) && !act.user_stopped.contains(k))
-                        .cloned()
-                        .collect();
-                    let unchanged = act.services.len() - removed.len() - changed.len();
+                    let plan =
+                        plan::reload_plan(&act.running(|_| true), &act.user_stopped, &desired);
                     // A stopped service the config no longer has: forget it.
-                    let forgotten: Vec<ServiceKey> = act
-                        .user_stopped
-                        .iter()
-                        .filter(|k| !desired.contains_key(k))
-                        .cloned()
-                        .collect();
-                    for key in forgotten {
-                        act.user_stopped.remove(&key);
-                        act.registry
-                            .do_send(Persist(RegistryOp::Remove { key, pid: None }));
+                    for key in &plan.forgotten {
+                        act.user_stopped.remove(key);
+                        act.registry.do_send(Persist(RegistryOp::Remove {
+                            key: key.clone(),
+                            pid: None,
+                        }));
                     }
-                    let summary = format!(
-                        "reloaded: {} added, {} removed, {} changed, {} unchanged",
-                        added.len(),
-                        removed.len(),
-                        changed.len(),
-                        unchanged
-                    );
+                    let summary = plan.summary();
                     info!("{summary}");
                     let stop_all: Vec<ServiceKey> =
-                        removed.iter().chain(changed.iter()).cloned().collect();
+                        plan.removed.iter().chain(&plan.changed).cloned().collect();
                     act.stop_keys(stop_all, false)
                         .into_actor(act)
                         .map(move |(), act, _| {
-                            for key in added.iter().chain(changed.iter()) {
-                                if let Some(inst) = desired.get(key) {
-                                    act.start_instance(inst.clone(), None);
-                                }
+                            for key in plan.added.iter().chain(&plan.changed) {
+                                act.start_instance(desired[key].clone(), None);
                             }
                             act.heartbeat();
                             Response::ok(summary)
@@ -622,12 +673,18 @@ impl CoordinatorActor {
         let keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
         let registry = self.registry.clone();
         // `down` leaves no record of ours behind, `stopped` ones included.
-        for key in self.user_stopped.drain() {
+        for key in std::mem::take(&mut self.user_stopped) {
             registry.do_send(Persist(RegistryOp::Remove { key, pid: None }));
         }
         let stops = self.stop_keys(keys, false);
+        // Stops outside the service actors (leftovers, sessions) finish too:
+        // a process being stopped is never left to itself.
+        let in_flight = std::mem::take(&mut self.in_flight);
         ctx.spawn(fut::wrap_future(async move {
             stops.await;
+            for work in in_flight {
+                let _ = work.await;
+            }
             let _ = registry
                 .send(PersistNow(RegistryOp::Remove {
                     key: Self::key(),
@@ -675,10 +732,24 @@ impl Actor for CoordinatorActor {
 }
 
 impl Handler<Control> for CoordinatorActor {
-    type Result = ResponseActFuture<Self, Response>;
+    type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
-        self.handle_request(msg.0, ctx)
+        // A ping changes nothing: answered at once, even mid-change, so
+        // `up` and the watchdog see a busy coordinator as alive.
+        if msg.0 == Request::Ping {
+            let pong = self.ping();
+            return Box::pin(async move { pong });
+        }
+        if self.shutting_down {
+            return Box::pin(async { Response::error("the coordinator is shutting down") });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Change::Request(msg.0), Some(tx), ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Response::error("the coordinator is shutting down"))
+        })
     }
 }
 
@@ -686,13 +757,11 @@ impl Handler<SignalReceived> for CoordinatorActor {
     type Result = ();
 
     fn handle(&mut self, msg: SignalReceived, ctx: &mut Context<Self>) {
-        match msg {
-            SignalReceived::Shutdown => self.shutdown(ctx),
-            SignalReceived::Reload => {
-                let reload = self.reload();
-                ctx.spawn(reload.map(|resp, _, _| info!(ok = resp.ok, "{}", resp.message)));
-            }
-        }
+        let change = match msg {
+            SignalReceived::Shutdown => Change::Shutdown,
+            SignalReceived::Reload => Change::Reload,
+        };
+        self.enqueue(change, None, ctx);
     }
 }
 

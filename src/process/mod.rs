@@ -9,6 +9,7 @@ pub mod procargs;
 pub mod signal;
 pub mod spawn;
 pub mod tree;
+pub mod usage;
 
 pub use group::Marker;
 pub use identity::{Identity, ProcInfo};

@@ -98,6 +98,13 @@ pub struct ServiceHealth {
     pub start_time: u64,
     pub last_health_check: u64,
     pub restart_count: u32,
+    /// Percent of one core used by the service's process tree (running
+    /// services only; filled in by the CLI, which measures it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Resident bytes of the service's process tree (running services only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss: Option<u64>,
 }
 
 /// One session as `status` shows it.
@@ -424,10 +431,16 @@ fn same_process(a: &ServiceRecord, b: &ServiceRecord) -> bool {
 
 /// The health view of a registry, with liveness checked now.
 pub fn health_of(registry: &Registry) -> HealthStatus {
+    health_with(registry, |id| id.is_alive())
+}
+
+/// `health_of` with liveness decided by `alive`: `status` passes a process
+/// table it has already read for CPU and memory, so no process is read twice.
+pub fn health_with(registry: &Registry, alive: impl Fn(Identity) -> bool) -> HealthStatus {
     let details: Vec<ServiceHealth> = registry
         .services()
         .map(|(key, r)| {
-            let alive = r.is_alive();
+            let alive = r.identity().is_some_and(&alive);
             let status = if r.pid.is_some() && !alive {
                 status::DEAD.to_string()
             } else {
@@ -444,6 +457,8 @@ pub fn health_of(registry: &Registry) -> HealthStatus {
                 start_time: r.start_time,
                 last_health_check: r.last_health_check,
                 restart_count: r.restart_count,
+                cpu: None,
+                rss: None,
             }
         })
         .collect();
@@ -461,7 +476,7 @@ pub fn health_of(registry: &Registry) -> HealthStatus {
             pid: s.pid,
             project_path: s.project_path.clone(),
             start_time: s.start_time,
-            alive: s.is_alive(),
+            alive: s.identity().is_some_and(&alive),
             services: registry.services.sessions.get(id).map_or(0, BTreeMap::len),
         })
         .collect();

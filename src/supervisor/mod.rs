@@ -3,8 +3,10 @@
 //! through which new probes and service kinds plug in as actors.
 
 pub mod extension;
+pub mod fingerprint;
 pub mod health;
 pub mod messages;
+pub mod phase;
 pub mod policy;
 pub mod service;
 

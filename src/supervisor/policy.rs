@@ -4,7 +4,10 @@
 //! A crash-looping service with the default policy runs six times in all: the
 //! first start and five restarts, waiting 1, 2, 4, 8 and 16 s, then it is
 //! `failed`. A run that lasted `stable-after` or longer resets the count, so a
-//! service that crashes once a day is never given up on.
+//! service that crashes once a day is never given up on. A run shorter than
+//! [`MIN_STABLE_RUN`] never does, whatever `stable-after` says: with
+//! `stable-after = "0s"` a program that exits at once would otherwise be
+//! respawned forever, hundreds of times a second.
 
 use std::time::Duration;
 
@@ -19,6 +22,12 @@ pub enum Decision {
     GiveUp { failures: u32 },
 }
 
+/// The shortest run that can count as stable. A program that cannot start
+/// (bad flag, missing file, a port in use) fails within milliseconds; a
+/// quarter second is far beyond that and below any `stable-after` a service
+/// that is meant to run would sensibly use.
+pub const MIN_STABLE_RUN: Duration = Duration::from_millis(250);
+
 /// Attempt k (1-based) waits `min(base * 2^(k-1), max)`.
 pub fn backoff_delay(policy: &RestartPolicy, attempt: u32) -> Duration {
     let factor = 1u32
@@ -30,7 +39,7 @@ pub fn backoff_delay(policy: &RestartPolicy, attempt: u32) -> Duration {
 /// Decides after an exit. `failures` is how many restarts in a row preceded
 /// this run; `uptime` is how long this run lasted.
 pub fn decide(policy: &RestartPolicy, failures: u32, uptime: Duration) -> Decision {
-    let failures = if uptime >= policy.stable_after {
+    let failures = if uptime >= policy.stable_after.max(MIN_STABLE_RUN) {
         0
     } else {
         failures
@@ -147,6 +156,45 @@ mod tests {
         }
         assert_eq!(runs, 6);
         assert_eq!(waits, [1, 2, 4, 8, 16]);
+    }
+
+    /// `stable-after = "0s"`: runs shorter than the floor still count as
+    /// failures in a row, longer ones reset the count.
+    #[test]
+    fn stable_after_zero_has_a_floor() {
+        let p = RestartPolicy {
+            stable_after: Duration::ZERO,
+            base: Duration::ZERO,
+            ..policy()
+        };
+        let restart = |attempt| Decision::Restart {
+            attempt,
+            delay: Duration::ZERO,
+        };
+        let ms = Duration::from_millis;
+        // (failures before, uptime, expected)
+        let table = [
+            (0, Duration::ZERO, restart(1)),
+            (3, ms(2), restart(4)),
+            (4, ms(249), restart(5)),
+            (5, ms(2), Decision::GiveUp { failures: 6 }),
+            (5, MIN_STABLE_RUN, restart(1)),
+            (5, ms(400), restart(1)),
+        ];
+        for (failures, uptime, expected) in table {
+            assert_eq!(
+                decide(&p, failures, uptime),
+                expected,
+                "{failures} after {uptime:?}"
+            );
+        }
+        // Above the floor, stable-after rules as before.
+        let p = RestartPolicy {
+            stable_after: ms(300),
+            ..p
+        };
+        assert_eq!(decide(&p, 4, ms(299)), restart(5));
+        assert_eq!(decide(&p, 4, ms(300)), restart(1));
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! `ServiceActor`: supervises one service instance.
 //!
-//! State it owns: the current process (identity, start, generation), the
-//! count of failures in a row, and its phase. What happens:
+//! State it owns: the current process (identity, start, generation) and its
+//! [`Lifecycle`] (phase and failures in a row). Every exit, timer, stop and
+//! restart is an [`Event`] for the pure state machine in `phase.rs`; the
+//! actor carries out the [`Action`] it returns and nothing else. What happens:
 //! - **start**: adopt the process a previous coordinator left running if its
 //!   identity still matches, else spawn a new one (own session, output
-//!   appended to `<root>/.logs/<label>.log`);
+//!   appended to `<root>/.logs/<label>.log`, the hash of its spec recorded);
 //! - **exit** is seen at once: the actor awaits its own child, or an adopted
 //!   process's pidfd (Linux; elsewhere a poll every 500 ms). Whatever is left
 //!   of the process group is killed, then `policy::decide` says restart after
-//!   a backoff or give up (`failed`);
+//!   a backoff or give up (`failed`). Each attempt is a message to itself
+//!   (at once, or by a timer): a program that cannot start never recurses;
 //! - **health**: every health interval, after the start period, the pid's
 //!   identity and the configured probe; a failure kills the group and counts
 //!   as a failure like any exit;
@@ -26,15 +29,17 @@ use actix::prelude::*;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use super::fingerprint::{spec_hash, SPEC_HASH_KEY};
 use super::health;
 use super::messages::{ProbeHealth, RestartService, StopService};
-use super::policy::{decide, Decision};
+use super::phase::{Action, Event, Lifecycle, Phase};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
 use crate::process::{
-    detached_command, signal_marked, signal_tree, DetachedSpec, Identity, Marker,
+    detached_command, signal_marked, signal_tree, terminate, DetachedSpec, Identity, Marker,
+    ProcInfo, StopRequest,
 };
 use crate::registry::{status, RegistryHandle, RegistryOp, ServiceRecord};
 use crate::time::now_millis;
@@ -42,12 +47,12 @@ use crate::time::now_millis;
 /// Who manages a record, in its metadata: the coordinator adopts only these.
 pub const MANAGED_BY: &str = "coordinator";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    Backoff,
-    Failed,
-    Stopping,
+/// Service actor → itself: the wait before restart `generation` + 1 is
+/// over. A restart or stop in the meantime makes it stale.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BackoffElapsed {
+    generation: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,13 +73,19 @@ pub struct ServiceActor {
     probe: Option<Recipient<ProbeHealth>>,
     adopt: Option<ServiceRecord>,
     run: Option<Run>,
-    phase: Phase,
-    failures: u32,
+    state: Lifecycle,
+    /// Counts runs; each exit watcher and backoff carries the number of the
+    /// run it belongs to, so a late one from an earlier run is ignored.
     generation: u64,
-    pending_restart: Option<SpawnHandle>,
-    restart_requested: bool,
-    keep_record: bool,
+    /// The timer of a backoff in progress (cancelled on leaving `Backoff`).
+    backoff: Option<SpawnHandle>,
+    /// The hash of the spec the current (or last) process was started from;
+    /// `None` for an adopted process whose record had none.
+    started_from: Option<String>,
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// Descendants of the run being stopped that left its process group:
+    /// signalled with it, ended before the stop is confirmed.
+    escaped: Vec<Identity>,
     span: tracing::Span,
 }
 
@@ -95,13 +106,12 @@ impl ServiceActor {
             probe,
             adopt: ctx.adopt,
             run: None,
-            phase: Phase::Backoff,
-            failures: 0,
+            state: Lifecycle::running(0),
             generation: 0,
-            pending_restart: None,
-            restart_requested: false,
-            keep_record: false,
+            backoff: None,
+            started_from: None,
             stop_waiters: Vec::new(),
+            escaped: Vec::new(),
             span,
         }
     }
@@ -133,11 +143,14 @@ impl ServiceActor {
             None => ServiceRecord::without_process(&self.inst.key.scope, self.script(), now),
         };
         record.status = status.to_string();
-        record.restart_count = self.failures;
+        record.restart_count = self.state.failures;
         let mut meta = Map::new();
         meta.insert("managedBy".into(), Value::from(MANAGED_BY));
         meta.insert("instance".into(), Value::from(self.inst.label.clone()));
         meta.insert("kind".into(), Value::from(self.inst.spec.kind.clone()));
+        if let Some(hash) = &self.started_from {
+            meta.insert(SPEC_HASH_KEY.into(), Value::from(hash.clone()));
+        }
         record.metadata = meta;
         record
     }
@@ -153,6 +166,7 @@ impl ServiceActor {
         let _enter = self.span.clone().entered();
         self.generation += 1;
         let generation = self.generation;
+        self.started_from = Some(spec_hash(&self.inst));
         let spec = &self.inst.spec;
         let detached = DetachedSpec {
             program: spec.command[0].clone().into(),
@@ -172,7 +186,17 @@ impl ServiceActor {
             Ok(child) => child,
             Err(e) => {
                 error!(error = %e, "cannot start");
-                self.after_exit(Duration::ZERO, &format!("could not start: {e}"), ctx);
+                // A run of no length: the state machine answers with a wait
+                // (a message at the earliest) or `failed`, never a spawn, so
+                // this does not recurse however often it fails.
+                let how = format!("could not start: {e}");
+                self.on(
+                    Event::Exited {
+                        uptime: Duration::ZERO,
+                    },
+                    &how,
+                    ctx,
+                );
                 return;
             }
         };
@@ -187,8 +211,7 @@ impl ServiceActor {
             generation,
             probe_failed: false,
         });
-        self.phase = Phase::Running;
-        info!(pid, attempt = self.failures, "started");
+        info!(pid, attempt = self.state.failures, "started");
         self.persist(status::RUNNING);
         ctx.spawn(
             async move {
@@ -214,8 +237,12 @@ impl ServiceActor {
             generation,
             probe_failed: false,
         });
-        self.failures = record.restart_count;
-        self.phase = Phase::Running;
+        self.state = Lifecycle::running(record.restart_count);
+        self.started_from = record
+            .metadata
+            .get(SPEC_HASH_KEY)
+            .and_then(Value::as_str)
+            .map(str::to_string);
         info!(parent: &self.span, pid = identity.pid, "adopted");
         self.persist(status::RUNNING);
         ctx.spawn(
@@ -243,17 +270,6 @@ impl ServiceActor {
                 signal_marked(identity, Some(identity.pid), &marker, Signal::SIGKILL)
             });
         }
-        let uptime = run.started.elapsed();
-        if self.phase == Phase::Stopping {
-            info!(parent: &self.span, how, "stopped");
-            self.finish_stop(ctx);
-            return;
-        }
-        if std::mem::take(&mut self.restart_requested) {
-            self.failures = 0;
-            self.spawn(ctx);
-            return;
-        }
         // A run ended by a failed probe was healthy until then, so its uptime
         // counts towards `stable-after` like any other run's.
         let how = if run.probe_failed {
@@ -261,44 +277,79 @@ impl ServiceActor {
         } else {
             how
         };
-        self.after_exit(uptime, how, ctx);
+        let uptime = run.started.elapsed();
+        self.on(Event::Exited { uptime }, how, ctx);
     }
 
-    fn after_exit(&mut self, uptime: Duration, how: &str, ctx: &mut Context<Self>) {
+    /// Steps the lifecycle and carries out what it says. `how` describes an
+    /// exit, for the log line.
+    fn on(&mut self, event: Event, how: &str, ctx: &mut Context<Self>) {
         let _enter = self.span.clone().entered();
-        match decide(&self.inst.spec.restart, self.failures, uptime) {
-            Decision::Restart { attempt, delay } => {
-                self.failures = attempt;
-                self.phase = Phase::Backoff;
+        let (next, action) = match self.state.step(&self.inst.spec.restart, event) {
+            Ok(step) => step,
+            Err(invalid) => {
+                debug!(?invalid, "event ignored");
+                return;
+            }
+        };
+        let before = self.state.phase;
+        self.state = next;
+        if next.phase != Phase::Backoff {
+            if let Some(timer) = self.backoff.take() {
+                ctx.cancel_future(timer);
+            }
+        }
+        match action {
+            Action::Nothing => {}
+            Action::Spawn => {
+                if before == Phase::Restarting {
+                    info!(how, "restarting on request");
+                    self.end_escaped();
+                }
+                self.spawn(ctx);
+            }
+            Action::Wait { delay } => {
                 warn!(
                     how,
-                    attempt,
+                    attempt = next.failures,
                     delay_ms = delay.as_millis() as u64,
                     "exited; restarting"
                 );
+                let elapsed = BackoffElapsed {
+                    generation: self.generation,
+                };
                 if delay.is_zero() {
                     // A zero-length timer still waits for the next tick of
-                    // the timer wheel (up to 1 ms): start now instead.
-                    self.spawn(ctx);
-                    return;
+                    // the timer wheel (up to 1 ms): the mailbox is sooner.
+                    ctx.notify(elapsed);
+                } else {
+                    self.persist(status::BACKOFF);
+                    self.backoff = Some(ctx.notify_later(elapsed, delay));
                 }
-                self.persist(status::BACKOFF);
-                self.pending_restart = Some(ctx.run_later(delay, |act, ctx| {
-                    act.pending_restart = None;
-                    act.spawn(ctx);
-                }));
             }
-            Decision::GiveUp { failures } => {
-                self.failures = failures;
-                self.phase = Phase::Failed;
-                error!(how, failures, "exited; giving up until `psm restart`");
+            Action::GiveUp => {
+                error!(
+                    how,
+                    failures = next.failures,
+                    "exited; giving up until `psm restart`"
+                );
                 self.persist(status::FAILED);
+            }
+            Action::SignalStop => {
+                if let Some(run) = self.run {
+                    self.signal_stop(run, ctx);
+                }
+            }
+            Action::Finish => self.finish_stop(ctx),
+            Action::Finished => {
+                info!(how, "stopped");
+                self.finish_stop(ctx);
             }
         }
     }
 
     fn health_tick(&mut self, ctx: &mut Context<Self>) {
-        let Some(run) = self.run.filter(|_| self.phase == Phase::Running) else {
+        let Some(run) = self.run.filter(|_| self.state.phase == Phase::Running) else {
             return;
         };
         // No /proc read for the pid's identity here: the exit watcher checks
@@ -369,21 +420,26 @@ impl ServiceActor {
         }
     }
 
-    fn begin_stop(&mut self, ctx: &mut Context<Self>) {
-        if let Some(h) = self.pending_restart.take() {
-            ctx.cancel_future(h);
-        }
-        let Some(run) = self.run else {
-            self.finish_stop(ctx);
-            return;
-        };
-        self.signal_stop(run, ctx);
-    }
-
     /// The stop signal to the run's group now, SIGKILL after the stop
     /// timeout if that run is still the current one. The exit is handled
     /// where every exit is: `exited`.
-    fn signal_stop(&self, run: Run, ctx: &mut Context<Self>) {
+    ///
+    /// Descendants that left the group (`setsid`, often with a cleared
+    /// environment) are not reached by the group signal. While the leader
+    /// runs they are still found through parenthood: they get the stop
+    /// signal by their own identity too, and the stop is finished only once
+    /// they are gone as well (`finish_stop`).
+    fn signal_stop(&mut self, run: Run, ctx: &mut Context<Self>) {
+        let leader = run.identity.pid;
+        for escaped in crate::process::tree::descendants(run.identity) {
+            let left_group = ProcInfo::read(escaped.pid).is_some_and(|i| i.pgid != leader);
+            if left_group && !self.escaped.contains(&escaped) {
+                self.escaped.push(escaped);
+            }
+        }
+        for escaped in &self.escaped {
+            signal_tree(*escaped, None, self.inst.spec.stop_signal);
+        }
         signal_tree(
             run.identity,
             Some(run.identity.pid),
@@ -398,8 +454,43 @@ impl ServiceActor {
         });
     }
 
+    /// Ends the descendants that left the group (they had the stop signal
+    /// with the leader: SIGKILL for those still there after the stop
+    /// timeout), then writes the last record.
     fn finish_stop(&mut self, ctx: &mut Context<Self>) {
-        let op = if self.keep_record {
+        let escaped = std::mem::take(&mut self.escaped);
+        if escaped.is_empty() {
+            self.write_last_record(ctx);
+            return;
+        }
+        let (signal, grace) = (self.inst.spec.stop_signal, self.inst.spec.stop_timeout);
+        let ending = actix_rt::task::spawn_blocking(move || end_all(escaped, signal, grace));
+        ctx.spawn(
+            async move {
+                let _ = ending.await;
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| act.write_last_record(ctx)),
+        );
+    }
+
+    /// After a restart's stop: the escaped descendants of the old run had
+    /// its stop signal; those still there get SIGKILL after the stop
+    /// timeout, off the actor thread (the new run does not wait for them).
+    fn end_escaped(&mut self) {
+        let escaped = std::mem::take(&mut self.escaped);
+        if escaped.is_empty() {
+            return;
+        }
+        let (signal, grace) = (self.inst.spec.stop_signal, self.inst.spec.stop_timeout);
+        actix_rt::task::spawn_blocking(move || end_all(escaped, signal, grace));
+    }
+
+    /// Writes the service's last record (`stopped`, or none), answers every
+    /// stop request and ends the actor.
+    fn write_last_record(&mut self, ctx: &mut Context<Self>) {
+        let keep_record = matches!(self.state.phase, Phase::Stopped { keep_record: true });
+        let op = if keep_record {
             RegistryOp::Upsert {
                 key: self.inst.key.clone(),
                 record: Box::new(self.record(status::STOPPED)),
@@ -410,16 +501,12 @@ impl ServiceActor {
                 pid: None,
             }
         };
-        let waiters = std::mem::take(&mut self.stop_waiters);
-        if !self.keep_record {
+        if !keep_record {
             // A removal joins the batch: `down` stops every service and then
             // writes once, and its final write (queued after this one)
             // is what it waits for.
             self.registry.persist(op);
-            for w in waiters {
-                let _ = w.send(());
-            }
-            ctx.stop();
+            self.stopped(ctx);
             return;
         }
         // A user's `psm stop` returns once the registry says `stopped`.
@@ -427,13 +514,15 @@ impl ServiceActor {
             self.registry
                 .persist_now(op)
                 .into_actor(self)
-                .map(move |_, _, ctx| {
-                    for w in waiters {
-                        let _ = w.send(());
-                    }
-                    ctx.stop();
-                }),
+                .map(|_, act, ctx| act.stopped(ctx)),
         );
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        for w in self.stop_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        ctx.stop();
     }
 }
 
@@ -458,12 +547,11 @@ impl Handler<StopService> for ServiceActor {
 
     fn handle(&mut self, msg: StopService, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
+        // Answered when the actor has ended (or dropped, should it end
+        // another way: the reply then comes all the same).
         self.stop_waiters.push(tx);
-        self.keep_record = msg.keep_record;
-        if self.phase != Phase::Stopping {
-            self.phase = Phase::Stopping;
-            self.begin_stop(ctx);
-        }
+        let keep_record = msg.keep_record;
+        self.on(Event::Stop { keep_record }, "", ctx);
         Box::pin(async move {
             let _ = rx.await;
         })
@@ -474,21 +562,31 @@ impl Handler<RestartService> for ServiceActor {
     type Result = ();
 
     fn handle(&mut self, msg: RestartService, ctx: &mut Context<Self>) {
-        let running = self.phase == Phase::Running && self.run.is_some();
-        if self.phase == Phase::Stopping || (running && !msg.force) {
-            return;
+        self.on(Event::Restart { force: msg.force }, "", ctx);
+    }
+}
+
+impl Handler<BackoffElapsed> for ServiceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BackoffElapsed, ctx: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            self.backoff = None;
+            self.on(Event::BackoffElapsed, "", ctx);
         }
-        self.failures = 0;
-        if let Some(h) = self.pending_restart.take() {
-            ctx.cancel_future(h);
-        }
-        match self.run {
-            Some(run) => {
-                self.restart_requested = true;
-                self.signal_stop(run, ctx);
-            }
-            None => self.spawn(ctx),
-        }
+    }
+}
+
+/// Stops each process (blocking): `signal`, SIGKILL after `grace`.
+/// Identity-checked: one that is gone, or whose pid now names another
+/// process, is left alone.
+fn end_all(processes: Vec<Identity>, signal: Signal, grace: Duration) {
+    for identity in processes {
+        let req = StopRequest {
+            signal,
+            ..StopRequest::new(identity, None, grace)
+        };
+        terminate(&req);
     }
 }
 
