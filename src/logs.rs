@@ -206,6 +206,15 @@ impl Drop for SizeWatch {
 }
 
 fn watch(dir: &Path, stop: &AtomicBool) {
+    // Copies of a rotation a crash interrupted: only this thread rotates,
+    // and one coordinator runs per root, so none is in flight now.
+    if let Ok(d) = Dir::own(dir, false, false) {
+        for name in d.names().unwrap_or_default() {
+            if name.to_string_lossy().contains(".log.1.tmp-") {
+                let _ = d.remove(&name);
+            }
+        }
+    }
     let mut logs: HashMap<OsString, Watched> = HashMap::new();
     let mut listed: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
