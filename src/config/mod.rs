@@ -19,6 +19,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod bounds;
 mod parse;
 mod types;
 mod validate;

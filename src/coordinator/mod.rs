@@ -312,6 +312,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     let _log_watch = crate::logs::SizeWatch::start(settings.paths.logs_dir())
         .context("starting the log size watch")?;
 
+    let control_limits = settings.config.control;
     let system = System::new();
     let registry_thread = Arbiter::new();
     system.block_on(async {
@@ -327,7 +328,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
             registry,
         )
         .start();
-        control::serve(listener, coordinator.clone());
+        control::serve(listener, coordinator.clone(), control_limits);
         actor::forward_signals(coordinator);
     });
     info!(root = %settings.paths.root().display(), pid = std::process::id(), "coordinator running");

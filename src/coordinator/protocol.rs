@@ -5,6 +5,23 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The longest request line the coordinator reads: far more than any request
+/// psm sends (a name is at most 128 bytes), small enough that a client
+/// cannot make it buffer much. A longer line is answered with an error and
+/// the connection closed.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// Reads one request line. `Err` is the response to send back: one line that
+/// says what was wrong, with whatever it echoes of the input escaped and cut.
+pub fn parse_request(line: &str) -> Result<Request, Response> {
+    serde_json::from_str(line).map_err(|e| {
+        Response::error(format!(
+            "bad request: {}; send one JSON object per line, e.g. {{\"cmd\":\"ping\"}}",
+            crate::input::shown(&e.to_string())
+        ))
+    })
+}
+
 /// CLI → coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -78,5 +95,34 @@ mod tests {
             Request::Ping
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+    }
+
+    /// Bad lines get one bounded line back; good ones parse.
+    #[test]
+    fn parse_request_answers_bad_lines_in_one_line() {
+        assert_eq!(parse_request(r#"{"cmd":"ping"}"#), Ok(Request::Ping));
+        let huge = format!(r#"{{"cmd":"{}\n"}}"#, "x".repeat(60_000));
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"cmd":"explode"}"#,
+            "\u{1b}[2J",
+            huge.as_str(),
+        ] {
+            let response = parse_request(bad).unwrap_err();
+            assert!(!response.ok);
+            assert!(
+                response.message.starts_with("bad request: "),
+                "{}",
+                response.message
+            );
+            assert!(!response.message.contains('\n'), "{}", response.message);
+            assert!(
+                response.message.len() < 600,
+                "{} bytes",
+                response.message.len()
+            );
+        }
     }
 }
