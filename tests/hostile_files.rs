@@ -498,7 +498,11 @@ fn corrupt_registry_under_a_coordinator_is_copied_once_per_content() {
     };
     for (round, garbage) in [&b"{ not json"[..], b"{ other garbage"].iter().enumerate() {
         let before = failures();
-        fs::write(root.registry_path(), garbage).unwrap();
+        // Atomically: a reader between a truncation and the write would see
+        // (and rightly keep) a third content, the empty file.
+        let staged = root.file("garbage");
+        fs::write(&staged, garbage).unwrap();
+        fs::rename(&staged, root.registry_path()).unwrap();
         // Ten failed heartbeat writes: ten rounds that each found it corrupt.
         wait_for(Duration::from_secs(30), "ten failed writes", || {
             failures() >= before + 10
