@@ -498,9 +498,9 @@ fn corrupt_registry_under_a_coordinator_is_copied_once_per_content() {
     };
     for (round, garbage) in [&b"{ not json"[..], b"{ other garbage"].iter().enumerate() {
         let before = failures();
-        // Atomically: a reader between a truncation and the write would see
-        // (and rightly keep) a third content, the empty file.
-        let staged = root.file("garbage");
+        // Renamed into place: a truncate-then-write would let a round read
+        // the empty file in between, a third distinct content.
+        let staged = root.file("garbage.tmp");
         fs::write(&staged, garbage).unwrap();
         fs::rename(&staged, root.registry_path()).unwrap();
         // Ten failed heartbeat writes: ten rounds that each found it corrupt.
