@@ -26,6 +26,7 @@ use crate::registry::{
 use crate::supervisor::Extensions;
 use args::{Cli, Command, RegisterArgs, ServiceArgs, SessionCommand};
 pub use entry::main;
+use session::session_or_env;
 
 /// A command's failure, carrying its exit code.
 #[derive(Debug)]
@@ -123,10 +124,13 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         }
         Command::Status(a) => {
             let registry = manager.store().read().map_err(ManagerError::from)?;
-            let mut health = crate::registry::manager::health_of(&registry);
             // One snapshot, so CPU is each process's lifetime average (as
-            // `ps` shows it): a second sample would cost its interval.
-            top::measure(&mut health, &registry, &mut Snapshot::take(), None);
+            // `ps` shows it): a second sample would cost its interval. It
+            // also answers liveness, so no process is read twice.
+            let mut snapshot = Snapshot::take();
+            let mut health =
+                crate::registry::manager::health_with(&registry, |id| snapshot.is_alive(id));
+            top::measure(&mut health, &registry, &mut snapshot, None);
             if a.json {
                 output::print_json(&health);
             } else {
@@ -229,15 +233,6 @@ fn service_key(a: &ServiceArgs) -> Result<ServiceKey, CliError> {
     let scope = scope_of(&a.service_type, a.project.as_deref(), a.session.clone())?;
     input::validate_name("service name", &a.name)?;
     Ok(ServiceKey::new(a.name.clone(), scope))
-}
-
-/// The session id from a flag, else `$PSM_SESSION_ID`.
-fn session_or_env(flag: Option<String>) -> Option<String> {
-    flag.or_else(|| {
-        std::env::var("PSM_SESSION_ID")
-            .ok()
-            .filter(|s| !s.is_empty())
-    })
 }
 
 /// Turns a type name and its owner flags into a validated scope.

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde_json::{json, Map, Value};
@@ -35,11 +36,11 @@ use super::plan::{self, Instances, Start};
 use super::protocol::{Request, Response, Target};
 use crate::config::{Config, Instance};
 use crate::paths::Paths;
-use crate::process::{terminate, Identity, StopRequest};
+use crate::process::{terminate, Identity};
 use crate::registry::writer::{Persist, PersistNow, ReadRegistry};
 use crate::registry::{
-    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, StateManager,
-    Store,
+    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, SessionRecord,
+    StateManager, Store,
 };
 use crate::supervisor::service::MANAGED_BY;
 use crate::supervisor::{
@@ -311,10 +312,9 @@ impl CoordinatorActor {
     fn end_processes(&mut self, leftovers: Vec<(ServiceKey, ServiceRecord)>, recorded: bool) {
         for (key, record) in leftovers {
             let registry = self.registry.clone();
+            let stop = record.stop_request(&key.name, self.paths.root(), Duration::from_secs(2));
             self.track(async move {
-                if let Some(identity) = record.identity() {
-                    let req =
-                        StopRequest::new(identity, record.pgid, std::time::Duration::from_secs(2));
+                if let Some(req) = stop {
                     let _ = actix_rt::task::spawn_blocking(move || terminate(&req)).await;
                 }
                 if recorded {
@@ -357,10 +357,7 @@ impl CoordinatorActor {
         if self.shutting_down {
             return;
         }
-        for (id, session) in &registry.sessions {
-            if session.is_alive() {
-                continue;
-            }
+        for id in registry.sessions_to_end(SessionRecord::is_alive) {
             let services: Vec<(String, ServiceRecord)> = registry
                 .scope(&Scope::Session(id.clone()))
                 .map(|m| m.iter().map(|(n, r)| (n.clone(), r.clone())).collect())
@@ -368,7 +365,6 @@ impl CoordinatorActor {
             info!(session = %id, services = services.len(), "session ended; cleaning up");
             let manager = StateManager::new(Store::new(self.paths.clone()));
             let registry_addr = self.registry.clone();
-            let id = id.clone();
             self.track(async move {
                 let stopped = services.clone();
                 let _ =
@@ -404,22 +400,10 @@ impl CoordinatorActor {
         stops
     }
 
-    /// Rotation copies up to `max-size` bytes per log: done on a blocking
-    /// thread so no actor waits for it.
+    /// Rotation itself is done promptly by the log size watch's own thread
+    /// (`logs::SizeWatch`); each tick hands it the current config's policy.
     fn rotate_logs(&self) {
-        let policy = self.config.logs;
-        let logs: Vec<PathBuf> = self
-            .services
-            .values()
-            .map(|m| self.paths.service_log(&m.instance.label))
-            .collect();
-        actix_rt::task::spawn_blocking(move || {
-            for path in logs {
-                if let Err(e) = crate::logs::rotate_if_needed(&path, policy.max_size, policy.keep) {
-                    warn!(log = %path.display(), error = %e, "log rotation failed");
-                }
-            }
-        });
+        crate::logs::set_policy(self.config.logs.max_size, self.config.logs.keep);
     }
 
     /// The managed instances a request names; every instance of the name
@@ -631,7 +615,10 @@ impl CoordinatorActor {
             match Config::load(&self.config_path) {
                 Ok(c) => c,
                 Err(e) => {
-                    let msg = format!("reload refused, the running config stays: {e}");
+                    let msg = format!(
+                        "reload refused, the running config stays: {:#}",
+                        anyhow::Error::from(e)
+                    );
                     error!("{msg}");
                     return Box::pin(fut::ready(Response::error(msg)));
                 }
@@ -713,11 +700,11 @@ fn no_such_service(target: &Target) -> Response {
     let scope = target
         .project
         .as_deref()
-        .map(|p| format!(" for project {p}"))
+        .map(|p| format!(" for project {}", crate::input::shown(p)))
         .unwrap_or_default();
     Response::error(format!(
         "no configured service named '{}'{scope}; see psm.toml or `psm status`",
-        target.service
+        crate::input::shown(&target.service)
     ))
 }
 
