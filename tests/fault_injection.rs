@@ -176,7 +176,7 @@ fn processes_of(root: &Path) -> Vec<(i32, Option<String>, bool)> {
             continue;
         };
         let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
-        if !vars.iter().any(|v| *v == want.as_slice()) {
+        if !vars.contains(&want.as_slice()) {
             continue;
         }
         let label = vars
@@ -198,6 +198,34 @@ fn session_records(reg: &Value) -> Vec<Value> {
         .flat_map(|s| s.as_object().into_iter().flat_map(|m| m.values()))
         .cloned()
         .collect()
+}
+
+/// A process for a failure message: pid, pgid, parent, command line and the
+/// psm variables of its environment.
+fn describe(pid: i32) -> String {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default();
+    let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let vars: Vec<String> = fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|v| v.starts_with(b"PSM_"))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    format!(
+        "pid {pid} pgid {:?} ppid {ppid} `{cmdline}` {vars:?}",
+        pgid_of(pid)
+    )
 }
 
 /// The process group of `pid` (field 5 of /proc/<pid>/stat).
@@ -293,19 +321,27 @@ fn random_command(root: &Root, rng: &mut Rng, variant: &Mutex<u64>) {
 /// One random fault: the coordinator or a service SIGKILLed, and a stranger
 /// planted on the pid that was freed.
 fn random_fault(root: &Root, rng: &mut Rng, strangers: &Mutex<Vec<Stranger>>, n: &mut usize) {
+    // The test itself must never hit a stranger: records are trusted only
+    // while their identity matches, and a planted stranger is never a victim.
     let victim = match rng.below(4) {
         0 => root.coordinator_pid(),
         n => {
             let reg = root.registry();
-            let records: Vec<i32> = if n == 1 {
-                global_records(&reg).values().filter_map(pid_of).collect()
+            let records: Vec<Value> = if n == 1 {
+                global_records(&reg).into_values().collect()
             } else {
-                session_records(&reg).iter().filter_map(pid_of).collect()
+                session_records(&reg)
             };
-            let records: Vec<i32> = records.into_iter().filter(|&p| p > 1 && alive(p)).collect();
-            (!records.is_empty()).then(|| records[rng.below(records.len() as u64) as usize])
+            let live: Vec<i32> = records
+                .iter()
+                .filter_map(|r| Some((pid_of(r)?, r["pidStartTime"].as_u64()?)))
+                .filter(|&(p, st)| p > 1 && start_time(p) == Some(st) && alive(p))
+                .map(|(p, _)| p)
+                .collect();
+            (!live.is_empty()).then(|| live[rng.below(live.len() as u64) as usize])
         }
     };
+    let victim = victim.filter(|v| !strangers.lock().unwrap().iter().any(|s| s.pid() == *v));
     let Some(victim) = victim else { return };
     unsafe { libc::kill(victim, libc::SIGKILL) };
     // Once the victim is reaped its pid is free: hand it to a stranger, which
@@ -399,7 +435,10 @@ fn settle_and_check(root: &Root, round: usize, variant: u64) {
             .filter(|&pid| !pgid_of(pid).is_some_and(|g| recorded.iter().any(|(p, _)| *p == g)))
             .collect();
         if !strays.is_empty() {
-            return Err(format!("processes of this root with no record: {strays:?}"));
+            let described: Vec<String> = strays.iter().map(|&p| describe(p)).collect();
+            return Err(format!(
+                "processes of this root with no record: {described:?}"
+            ));
         }
         Ok(())
     });
