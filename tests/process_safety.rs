@@ -448,3 +448,67 @@ fn members_left_behind_are_still_ended() {
         !alive(member) && !alive(grandchild)
     });
 }
+
+// Health probes tell the truth.
+
+/// Waits until `svc`'s script (which appends its pid to `pids`) ran twice
+/// and the registry counts a restart: the probe judged it unhealthy.
+fn wait_restarted(root: &Root, what: &str) {
+    support::wait_until(Duration::from_secs(20), what, || {
+        let runs = support::lines(root, "pids").len();
+        let count = root.global("svc")["restartCount"].as_u64();
+        if runs >= 2 && count.is_some_and(|c| c > 0) {
+            Ok(())
+        } else {
+            Err((runs, count))
+        }
+    });
+}
+
+fn probed_service(root: &Root, health: &str) {
+    root.script("svc.sh", "echo $$ >> pids\nexec sleep 1000");
+    root.write_config(&format!(
+        "health-interval = \"50ms\"\n[restart]\nbase = \"50ms\"\n\n[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sh\", \"svc.sh\"]\nhealth = {health}\n"
+    ));
+}
+
+/// A port that answers because some other process listens on it does not
+/// make the service healthy: the listening socket is not in its tree, so the
+/// service is restarted; `psm verify` does not say the port is held by it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_port_held_by_a_stranger_is_not_the_services_health() {
+    let root = Root::new();
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stranger.local_addr().unwrap().port();
+    probed_service(&root, &format!("{{ port = {port} }}"));
+    let out = root.psm(&["up"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let verify = String::from_utf8_lossy(&root.psm(&["verify"]).stdout).into_owned();
+    assert!(!verify.contains("held by svc"), "{verify}");
+    wait_restarted(
+        &root,
+        "a restart: the stranger's listener is not svc's health",
+    );
+    let log = root.read(".logs/coordinator.log");
+    assert!(log.contains("outside the service"), "{log}");
+    root.ok(&["down"]);
+}
+
+/// A health file dated an hour in the future is stale, not fresh for an
+/// hour: the service is restarted and the reason names the future date.
+#[test]
+fn a_health_file_dated_in_the_future_is_stale() {
+    let root = Root::new();
+    let beat = root.file("beat");
+    fs::File::create(&beat)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    probed_service(&root, "{ file = \"beat\", max-age = \"30s\" }");
+    root.ok(&["up"]);
+    wait_restarted(&root, "a restart: a future mtime is not fresh");
+    let log = root.read(".logs/coordinator.log");
+    assert!(log.contains("in the future"), "{log}");
+    root.ok(&["down"]);
+}
