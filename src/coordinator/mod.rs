@@ -85,9 +85,13 @@ impl DownMark {
     /// what cannot be read: when in doubt, do not start.
     pub fn read(paths: &Paths) -> Option<DownMark> {
         let path = paths.down_mark();
-        fs::symlink_metadata(&path).ok()?;
-        let note = fs::read_to_string(&path)
-            .ok()
+        let meta = fs::symlink_metadata(&path).ok()?;
+        // Only a regular file is read: a FIFO (or a symlink to one, or to
+        // /dev/zero) at the mark would hang or flood the watchdog and `up`.
+        let note = meta
+            .is_file()
+            .then(|| read_note(&path))
+            .flatten()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty() && t.len() < 512 && !t.chars().any(char::is_control))
             .unwrap_or_else(|| format!("{} exists", path.display()));
@@ -130,6 +134,19 @@ impl DownMark {
     }
 }
 
+/// The first 512 bytes of the mark; never blocks, never follows a symlink
+/// (the file may have been swapped since it was looked at).
+fn read_note(path: &Path) -> Option<String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let mut text = String::new();
+    file.take(512).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// The exclusive lock that makes a coordinator the only one on its root.
 pub struct CoordinatorLock {
     _file: File,
@@ -160,7 +177,13 @@ impl CoordinatorLock {
 
     /// The pid of the coordinator holding the lock, if one does.
     pub fn holder(paths: &Paths) -> Option<Option<i32>> {
-        let mut file = File::open(paths.coordinator_lock()).ok()?;
+        // Non-blocking: a FIFO at the lock's path must not hang `down`, `up`
+        // or the watchdog (flock works on it; nobody holds it).
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(paths.coordinator_lock())
+            .ok()?;
         if FileExt::try_lock_shared(&file).is_ok() {
             return None;
         }
@@ -201,7 +224,7 @@ impl UpDownLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         let deadline = std::time::Instant::now() + patience;
