@@ -1,26 +1,71 @@
 //! Validation of what users type: names, ids, pids, project paths.
-//! Each error is one line that says what is wrong and what would be right.
+//! Each error is one line that says what is wrong and what would be right,
+//! and echoes the value through [`shown`]: escaped and cut, so a 120 KB
+//! argument or one with a newline or a terminal escape in it cannot turn the
+//! line into a screenful or drive the user's terminal.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InputError {
-    #[error("invalid {what} '{value}': use 1-128 characters from A-Z a-z 0-9 . _ @ -, starting with a letter or digit")]
+    #[error("invalid {what} '{}': use 1-128 characters from A-Z a-z 0-9 . _ @ -, starting with a letter or digit", shown(.value))]
     Name { what: &'static str, value: String },
-    #[error("invalid pid '{0}': give the number of a running process (greater than 1)")]
+    #[error("invalid pid '{}': give the number of a running process (greater than 1)", shown(.0))]
     Pid(String),
-    #[error("unknown type '{0}': use global, per-project or per-session")]
+    #[error("unknown type '{}': use global, per-project or per-session", shown(.0))]
     Type(String),
     #[error("type per-project needs --project DIR")]
     MissingProject,
     #[error("type per-session needs --session ID (or PSM_SESSION_ID in the environment)")]
     MissingSession,
-    #[error("project path '{0}' is not absolute: give the full path of the project directory")]
+    #[error("project path '{}' is not absolute: give the full path of the project directory", shown(.0))]
     RelativeProject(String),
-    #[error("project directory '{0}' does not exist (or is not a directory)")]
+    #[error("project directory '{}' does not exist (or is not a directory)", shown(.0))]
     MissingProjectDir(String),
-    #[error("invalid metadata '{0}': use KEY=VALUE")]
+    #[error("invalid metadata '{}': use KEY=VALUE", shown(.0))]
     Meta(String),
+}
+
+/// The most characters of a user's value that a message echoes: more than
+/// the longest valid name (128), far less than a screen.
+pub const SHOWN_CHARS: usize = 200;
+
+/// `value` with every control character (C0, DEL, C1) and every bidi
+/// override escaped Rust-style (`\n`, `\u{1b}`), so that printing it can
+/// neither break a line nor reach the terminal as a command. Everything
+/// else, including non-ASCII text, is kept as it is.
+pub fn printable(value: &str) -> Cow<'_, str> {
+    let hostile = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !value.contains(hostile) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if hostile(c) {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `value` as an error message echoes it: [`printable`], and cut after
+/// [`SHOWN_CHARS`] characters with the full length noted.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => printable(value).into_owned(),
+        Some((end, _)) => format!(
+            "{}… ({} bytes in all)",
+            printable(&value[..end]),
+            value.len()
+        ),
+    }
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9._@-]{0,127}`: safe in file names, log names and
@@ -84,6 +129,38 @@ mod tests {
         for bad in ["", "-a", ".a", "a b", "a/b", "ä", &"a".repeat(129), "a\n"] {
             assert!(validate_name("name", bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A huge value is cut, hostile characters escaped, plain text untouched;
+    /// the message stays one line either way.
+    #[test]
+    fn shown_values() {
+        let table: &[(&str, &str)] = &[
+            ("web", "web"),
+            ("ä-µ", "ä-µ"),
+            ("a\nb", "a\\nb"),
+            ("\u{1b}[2J", "\\u{1b}[2J"),
+            ("x\u{9b}y", "x\\u{9b}y"),
+            ("\u{202e}txt", "\\u{202e}txt"),
+            ("tab\there", "tab\\there"),
+        ];
+        for (value, expected) in table {
+            assert_eq!(shown(value), *expected, "{value:?}");
+        }
+        let huge = "ä".repeat(120 * 1024);
+        let cut = shown(&huge);
+        assert!(cut.starts_with(&"ä".repeat(SHOWN_CHARS)), "{cut}");
+        assert!(cut.ends_with("… (245760 bytes in all)"), "{cut}");
+        assert_eq!(
+            cut.chars().count(),
+            SHOWN_CHARS + "… (245760 bytes in all)".len() - 2
+        );
+        let exact = "a".repeat(SHOWN_CHARS);
+        assert_eq!(shown(&exact), exact);
+        let err = validate_name("service name", &format!("{}\n", "x".repeat(120 * 1024)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 500 && !err.contains('\n'), "{err}");
     }
 
     #[test]

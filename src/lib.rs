@@ -28,10 +28,15 @@
 //!   pre-start-up checks.
 //! - [`process`]: process identity (pid + kernel start time), signals that
 //!   never hit a process whose identity does not match, detached spawning.
-//! - [`config`]: `psm.toml` parsed and validated into service specs, and
-//!   their per-project instances.
+//! - [`config`]: `psm.toml` parsed (with positions for one-line errors) and
+//!   validated into service specs, every number and duration against one
+//!   bounds table (`config::bounds`), and their per-project instances.
 //! - [`logs`]: service logs — copy-truncate rotation (services hold their
-//!   log open with `O_APPEND`), `tail`, and `tail -F`-style following.
+//!   log open with `O_APPEND`) by a size watch thread as soon as a log
+//!   passes `max-size`, a bounded `tail`, and `tail -F`-style following.
+//! - [`fsx`]: every file under the root is opened through it — directory
+//!   fds, `O_NOFOLLOW`, `fstat` before use, `O_EXCL` temp files — so psm
+//!   never follows a planted link or blocks on a FIFO.
 //! - [`cli`]: the `psm` command line; `main.rs` only calls `cli::main`.
 //! - [`input`], [`paths`], [`time`]: validation of user input, every path
 //!   under a root, and the registry's millisecond clock.
@@ -48,6 +53,7 @@
 pub mod cli;
 pub mod config;
 pub mod coordinator;
+pub mod fsx;
 pub mod input;
 pub mod logs;
 pub mod paths;

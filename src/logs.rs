@@ -20,47 +20,60 @@
 //! Everything here is blocking `std` I/O; async callers run it on a blocking
 //! thread (`spawn_blocking`), it never takes long but may touch the disk.
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::fsx::{self, Dir, How};
 
 /// How much `tail` and `follow` read per system call.
 const BLOCK: usize = 64 * 1024;
 
+/// The most `tail` reads from the end of a file.
+const MAX_TAIL: u64 = 4 * 1024 * 1024;
+
 /// How often `follow` looks at the file (and at `stop`).
 const POLL: Duration = Duration::from_millis(100);
 
-/// `<path>.<n>`: the name of the `n`-th most recent rotated copy.
-fn rotated(path: &Path, n: u32) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{n}"));
-    PathBuf::from(name)
-}
-
-/// Removes a file that may not exist; true if there was one.
-fn remove_if_exists(path: &Path) -> io::Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+/// `<name>.<n>`, in the log's directory.
+fn rotated_name(name: &OsStr, n: u32) -> OsString {
+    let mut out = name.to_owned();
+    out.push(format!(".{n}"));
+    out
 }
 
 /// Rotates `path` if it is larger than `max_size` bytes: shifts `path.(keep-1)`
 /// → `path.keep` … `path.1` → `path.2` (dropping the oldest beyond `keep`),
 /// copies `path` to `path.1` (mode 0600), then truncates `path` to 0. Returns
 /// `Ok(true)` if it rotated. `keep == 0` means truncate without keeping a copy.
-/// A missing file is `Ok(false)`.
+/// A missing file (or log directory) is `Ok(false)`.
+///
+/// Everything happens through the log directory's fd (see [`crate::fsx`]):
+/// a log that is a link or a FIFO is refused, a planted `.N` link is renamed
+/// or replaced like a file, never written through, and `.1` is a new file
+/// renamed into place.
 pub fn rotate_if_needed(path: &Path, max_size: u64, keep: u32) -> io::Result<bool> {
-    let len = match fs::metadata(path) {
-        Ok(meta) => meta.len(),
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(false);
+    };
+    let dir = match Dir::own(dir, false, false) {
+        Ok(dir) => dir,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    if len <= max_size {
+    let mut file = match dir.open_file(name, How::Update) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() <= max_size {
         return Ok(false);
     }
 
@@ -68,7 +81,7 @@ pub fn rotate_if_needed(path: &Path, max_size: u64, keep: u32) -> io::Result<boo
     // config; without this they would never be removed. Copies are numbered
     // without gaps, so the first missing one ends the sweep.
     let mut stale = keep.saturating_add(1);
-    while stale < u32::MAX && remove_if_exists(&rotated(path, stale))? {
+    while stale < u32::MAX && dir.remove(rotated_name(name, stale))? {
         stale += 1;
     }
 
@@ -76,38 +89,189 @@ pub fn rotate_if_needed(path: &Path, max_size: u64, keep: u32) -> io::Result<boo
         // Oldest first, so each rename lands on a name already moved away;
         // `path.(keep-1)` → `path.keep` replaces (drops) the oldest copy.
         for n in (1..keep).rev() {
-            match fs::rename(rotated(path, n), rotated(path, n + 1)) {
+            match dir.rename(rotated_name(name, n), rotated_name(name, n + 1)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
         }
-        copy_private(path, &rotated(path, 1))?;
+        copy_private(&dir, &mut file, &rotated_name(name, 1))?;
     }
 
-    // Truncate through a fresh fd rather than replacing the file: the service
+    // Truncate through our fd rather than replacing the file: the service
     // holds the inode open and must keep writing into the file we follow.
-    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    file.set_len(0)?;
     Ok(true)
 }
 
-/// Copies `from` to `to` (created or replaced, mode 0600) and syncs the copy,
-/// so the truncation that follows can never lose data a crash would have
-/// kept.
-fn copy_private(from: &Path, to: &Path) -> io::Result<()> {
-    let mut src = File::open(from)?;
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(to)?;
-    // `mode` only applies on creation; with keep == 1 `to` may be an older
-    // copy with other permissions.
-    dst.set_permissions(fs::Permissions::from_mode(0o600))?;
+/// Copies `from` into a new file (mode 0600, `O_EXCL`) renamed to `to`, and
+/// syncs the copy first, so the truncation that follows can never lose data
+/// a crash would have kept.
+fn copy_private(dir: &Dir, from: &mut File, to: &OsStr) -> io::Result<()> {
+    let mut prefix = to.to_string_lossy().into_owned();
+    prefix.push_str(".tmp-");
+    let (mut dst, tmp) = dir.create_temp(&prefix)?;
     // Copies to end of file as it is while copying, so lines the service
     // appends during the copy are kept too.
-    io::copy(&mut src, &mut dst)?;
-    dst.sync_data()
+    let copied = io::copy(from, &mut dst)
+        .and_then(|_| dst.sync_data())
+        .and_then(|()| dir.rename(&tmp, to));
+    if copied.is_err() {
+        let _ = dir.remove(&tmp);
+    }
+    copied
+}
+
+/// The rotation policy the watch applies: `max-size` and `keep` of the
+/// config the coordinator runs (published by it on every tick, so a reload
+/// takes effect within one tick). Process-global because there is one
+/// coordinator per process and the watch outlives no config.
+static POLICY: Mutex<(u64, u32)> = Mutex::new((10 * 1024 * 1024, 3));
+
+/// Publishes the rotation policy to the size watch.
+pub fn set_policy(max_size: u64, keep: u32) {
+    // A poisoned lock only means a panic elsewhere mid-assignment of two
+    // plain numbers: the value is still whole.
+    *POLICY.lock().unwrap_or_else(|e| e.into_inner()) = (max_size, keep);
+}
+
+fn policy() -> (u64, u32) {
+    *POLICY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The shortest and longest pause between two looks at one log.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+/// How often the watch lists the log directory for new logs: a new log may
+/// grow this long before its first look.
+const LIST_EVERY: Duration = Duration::from_millis(100);
+
+/// When to look at a log again: half the time it needs to reach `max_size`
+/// at the rate it grew since the last look, within [`MIN_PAUSE`, `MAX_PAUSE`].
+/// A quiet log costs four `stat`s a second, and a burst after quiet grows it
+/// by at most a quarter second of writing; a log written at 50 MB/s is
+/// looked at every 10 ms, so it overshoots `max_size` by about half a MB.
+pub fn next_look(size: u64, max_size: u64, bytes_per_sec: f64) -> Duration {
+    if bytes_per_sec <= 0.0 {
+        return MAX_PAUSE;
+    }
+    let headroom = max_size.saturating_sub(size) as f64;
+    let half = Duration::from_secs_f64((headroom / bytes_per_sec / 2.0).min(60.0));
+    half.clamp(MIN_PAUSE, MAX_PAUSE)
+}
+
+/// One log's state in the watch.
+struct Watched {
+    size: u64,
+    seen: Instant,
+    next: Instant,
+    /// Not looked at yet: its rate is unknown, so the second look is soon.
+    fresh: bool,
+}
+
+/// Keeps every log in the log directory (`*.log`: services, sessions, the
+/// coordinator's own) within `max-size` as it is written, not once per
+/// health tick: a thread that looks at each log as often as its growth
+/// requires ([`next_look`]) and rotates it ([`rotate_if_needed`]) as soon as
+/// it passes `max-size`. Services write their logs directly (see the module
+/// docs), so only a prompt look can bound them; this is that look. Stops
+/// (and joins) on drop.
+pub struct SizeWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SizeWatch {
+    /// Starts watching `dir` (which may not exist yet).
+    pub fn start(dir: PathBuf) -> io::Result<SizeWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("psm-log-watch".into())
+            .spawn(move || watch(&dir, &flag))?;
+        Ok(SizeWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SizeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(dir: &Path, stop: &AtomicBool) {
+    let mut logs: HashMap<OsString, Watched> = HashMap::new();
+    let mut listed: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let (max_size, keep) = policy();
+        // New logs appear with new services: list the directory once per
+        // LIST_EVERY; between listings only logs that are due get a `stat`.
+        if listed.is_none_or(|t| now.duration_since(t) >= LIST_EVERY) {
+            listed = Some(now);
+            let names: HashSet<OsString> = Dir::own(dir, false, false)
+                .and_then(|d| d.names())
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            logs.retain(|name, _| names.contains(name));
+            for name in names {
+                if Path::new(&name).extension() == Some(OsStr::new("log")) {
+                    logs.entry(name).or_insert(Watched {
+                        size: 0,
+                        seen: now,
+                        next: now,
+                        fresh: true,
+                    });
+                }
+            }
+        }
+        for (name, log) in logs.iter_mut().filter(|(_, l)| l.next <= now) {
+            let path = dir.join(name);
+            let size = fs::symlink_metadata(&path).map_or(0, |m| m.len());
+            let elapsed = now.duration_since(log.seen).as_secs_f64();
+            let rate = if elapsed > 0.0 && size > log.size {
+                (size - log.size) as f64 / elapsed
+            } else {
+                0.0
+            };
+            let mut after = size;
+            if size > max_size {
+                match rotate_if_needed(&path, max_size, keep) {
+                    Ok(_) => after = 0,
+                    // A refused or vanished log: say so, look again later.
+                    Err(e) => {
+                        tracing::warn!(log = %path.display(), error = %e, "log rotation failed")
+                    }
+                }
+            }
+            log.size = after;
+            log.seen = now;
+            log.next = now
+                + if log.fresh {
+                    MIN_PAUSE
+                } else {
+                    next_look(after, max_size, rate)
+                };
+            log.fresh = false;
+        }
+        let wake = logs
+            .values()
+            .map(|l| l.next)
+            .min()
+            .unwrap_or(now + MAX_PAUSE)
+            .min(listed.unwrap_or(now) + LIST_EVERY);
+        thread::sleep(
+            wake.saturating_duration_since(Instant::now())
+                .max(MIN_PAUSE),
+        );
+    }
 }
 
 /// The last `n` lines of the file (without reading the whole file when it is
@@ -117,7 +281,7 @@ fn copy_private(from: &Path, to: &Path) -> io::Result<()> {
 /// too. Invalid UTF-8 is replaced with U+FFFD rather than failing: a service
 /// may write anything to its log.
 pub fn tail(path: &Path, n: usize) -> io::Result<Vec<String>> {
-    let file = File::open(path)?;
+    let file = fsx::open_file(path, How::Read)?;
     let (bytes, _) = tail_bytes(&file, n)?;
     if bytes.is_empty() {
         return Ok(Vec::new());
@@ -131,7 +295,10 @@ pub fn tail(path: &Path, n: usize) -> io::Result<Vec<String>> {
 
 /// The raw bytes of the last `n` lines of `file` (with their newlines, exactly
 /// as on disk) and the offset where they end, so `follow` can continue from
-/// there without missing or repeating a byte.
+/// there without missing or repeating a byte. At most [`MAX_TAIL`] bytes are
+/// read, backwards in blocks: a last line longer than that (a 2 GB log
+/// without a newline) is shown as its last `MAX_TAIL` bytes, in bounded
+/// memory, instead of being read whole.
 fn tail_bytes(file: &File, n: usize) -> io::Result<(Vec<u8>, u64)> {
     let end = file.metadata()?.len();
     if n == 0 {
@@ -144,7 +311,7 @@ fn tail_bytes(file: &File, n: usize) -> io::Result<(Vec<u8>, u64)> {
     let mut ends_with_newline = false;
     // n complete lines need n newlines before them plus, if the file ends
     // with one, that final newline, which ends a line rather than starting one.
-    while start > 0 && newlines < n + usize::from(ends_with_newline) {
+    while start > 0 && newlines < n + usize::from(ends_with_newline) && end - start < MAX_TAIL {
         let size = (start.min(BLOCK as u64)) as usize;
         start -= size as u64;
         let mut block = vec![0; size];
@@ -211,7 +378,7 @@ pub fn follow(
     out: &mut dyn Write,
     stop: &dyn Fn() -> bool,
 ) -> io::Result<()> {
-    let mut file = File::open(path)?;
+    let mut file = fsx::open_file(path, How::Read)?;
     let (initial, mut offset) = tail_bytes(&file, n)?;
     if !emit(out, &initial)? {
         return Ok(());
@@ -219,7 +386,8 @@ pub fn follow(
     let mut id = file_id(&file.metadata()?);
 
     while !stop() {
-        let current = match fs::metadata(path) {
+        // The name itself: a link that took it is refused by the reopen.
+        let current = match fs::symlink_metadata(path) {
             Ok(meta) => Some(meta),
             // Deleted (or mid-replace): keep the old fd and wait for the name.
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -231,7 +399,7 @@ pub fn follow(
             if !copy_from(&file, &mut offset, out)? {
                 return Ok(());
             }
-            match File::open(path) {
+            match fsx::open_file(path, How::Read) {
                 Ok(new) => {
                     file = new;
                     id = file_id(&meta);
@@ -294,9 +462,17 @@ fn emit(out: &mut dyn Write, bytes: &[u8]) -> io::Result<bool> {
 mod tests {
     use super::*;
     use crate::process::open_log;
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
+
+    /// `<path>.<n>`: the name of the `n`-th most recent rotated copy.
+    fn rotated(path: &Path, n: u32) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
 
     /// Polls `cond` every 20 ms until it holds or 5 s pass; on timeout panics
     /// naming the condition and the last state it reported.
@@ -385,6 +561,24 @@ mod tests {
             if let Some(handle) = self.handle.take() {
                 let _ = handle.join();
             }
+        }
+    }
+
+    /// The next look comes before the log can reach max-size at its rate,
+    /// never sooner than MIN_PAUSE, never later than MAX_PAUSE.
+    #[test]
+    fn next_look_table() {
+        const MB: u64 = 1 << 20;
+        let cases: &[(u64, u64, f64, Duration)] = &[
+            (0, 10 * MB, 0.0, MAX_PAUSE),                               // quiet
+            (0, 10 * MB, 1.0, MAX_PAUSE),                               // a line now and then
+            (0, 10 * MB, 50.0 * MB as f64, Duration::from_millis(100)), // 200 ms to full
+            (9 * MB, 10 * MB, 50.0 * MB as f64, MIN_PAUSE),             // 20 ms to full
+            (11 * MB, 10 * MB, 50.0 * MB as f64, MIN_PAUSE),            // already over
+            (0, u64::MAX, 1e9, MAX_PAUSE),                              // no limit in sight
+        ];
+        for &(size, max, rate, want) in cases {
+            assert_eq!(next_look(size, max, rate), want, "{size} {max} {rate}");
         }
     }
 

@@ -54,14 +54,11 @@ impl Paths {
         self.root.join(format!("{REGISTRY_FILE}.lock"))
     }
 
-    /// Where a save is staged before it is renamed over the registry.
-    pub fn registry_tmp(&self) -> PathBuf {
-        self.root.join(format!("{REGISTRY_FILE}.tmp"))
-    }
-
-    /// Where an unparseable registry is preserved before anything replaces it.
-    pub fn registry_corrupt_copy(&self, millis: u64) -> PathBuf {
-        self.root.join(format!("{REGISTRY_FILE}.corrupt-{millis}"))
+    /// Where an unparseable registry is preserved before anything replaces
+    /// it; `hash` ([`short_hash`] of its bytes) makes one copy per content.
+    pub fn registry_corrupt_copy(&self, millis: u64, hash: &str) -> PathBuf {
+        self.root
+            .join(format!("{REGISTRY_FILE}.corrupt-{millis}-{hash}"))
     }
 
     pub fn logs_dir(&self) -> PathBuf {
@@ -70,12 +67,13 @@ impl Paths {
 
     /// Log of a per-session service started by `psm session spawn`.
     pub fn session_service_log(&self, session: &str, name: &str) -> PathBuf {
-        self.logs_dir().join(format!("{session}.{name}.log"))
+        self.logs_dir()
+            .join(format!("{}.log", log_stem(&format!("{session}.{name}"))))
     }
 
     /// Log of a service instance run by the coordinator.
     pub fn service_log(&self, instance: &str) -> PathBuf {
-        self.logs_dir().join(format!("{instance}.log"))
+        self.logs_dir().join(format!("{}.log", log_stem(instance)))
     }
 
     pub fn coordinator_log(&self) -> PathBuf {
@@ -118,6 +116,73 @@ impl Paths {
     }
 }
 
+/// A short stable hash of `bytes` (FNV-1a, 64 bits, in hex): for names that
+/// must be the same in every psm version (copies of a corrupt registry,
+/// shortened log names), where `std`'s hasher promises no stability. Not a
+/// defence against collisions chosen by an attacker: callers that must be
+/// exact compare the bytes too.
+pub fn short_hash(bytes: &[u8]) -> String {
+    format!("{:016x}", fnv1a_bytes(bytes))
+}
+
+/// The longest log file stem: with `.log`, a rotation suffix (`.1` … up to
+/// ten digits) and the temp name a rotation writes (`.log.1.tmp-` and 16 hex
+/// digits), a file name stays under the 255 bytes file systems allow.
+const MAX_LOG_STEM: usize = 200;
+
+/// `label` if it fits [`MAX_LOG_STEM`] bytes, else its start and a hash of
+/// the whole: the longest names the README allows (128-character service
+/// name plus a 128-character project or session) would otherwise give a log
+/// name no file system accepts, and that service could never start. The
+/// hash keeps two long labels with the same start apart.
+fn log_stem(label: &str) -> std::borrow::Cow<'_, str> {
+    if label.len() <= MAX_LOG_STEM {
+        return label.into();
+    }
+    let hash = short_hash(label.as_bytes());
+    let mut cut = MAX_LOG_STEM - hash.len() - 1;
+    while !label.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{hash}", &label[..cut]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short labels are kept; long ones are cut to a prefix plus a hash,
+    /// within the limit, distinct for distinct labels, at a char boundary.
+    #[test]
+    fn log_stems_table() {
+        let long_a = format!("{}@{}", "a".repeat(128), "p".repeat(128));
+        let long_b = format!("{}@{}", "a".repeat(128), "q".repeat(128));
+        let wide = "é".repeat(150);
+        let cases: [(&str, bool); 5] = [
+            ("web", true),
+            ("web@proj", true),
+            (&"x".repeat(MAX_LOG_STEM), true),
+            (&long_a, false),
+            (&wide, false),
+        ];
+        for (label, kept) in cases {
+            let stem = log_stem(label);
+            assert!(stem.len() <= MAX_LOG_STEM, "{label}");
+            assert_eq!(stem == label, kept, "{label}");
+            if !kept {
+                assert!(label.starts_with(stem.rsplit_once('-').unwrap().0));
+            }
+        }
+        assert_ne!(log_stem(&long_a), log_stem(&long_b));
+        let paths = Paths::new("/r");
+        let name = paths.service_log(&long_a);
+        let file = name.file_name().unwrap().len();
+        assert!(file + ".1.tmp-0123456789abcdef".len() <= 255, "{file}");
+        let session = paths.session_service_log(&"s".repeat(128), &"n".repeat(128));
+        assert!(session.file_name().unwrap().len() <= MAX_LOG_STEM + 4);
+    }
+}
+
 /// The longest socket path the kernel takes: `sun_path` is 108 bytes on
 /// Linux and 104 on macOS, the terminating NUL included.
 #[cfg(target_os = "macos")]
@@ -152,12 +217,14 @@ pub fn fallback_dir(uid: u32) -> PathBuf {
 
 /// FNV-1a (64 bit) of a path's bytes: stable across runs, builds and machines.
 pub fn fnv1a(path: &Path) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in path.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
+    fnv1a_bytes(path.as_os_str().as_encoded_bytes())
+}
+
+/// FNV-1a (64 bit) of `bytes`.
+fn fnv1a_bytes(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Why `dir` may not hold a private socket, if it may not: it must be a real

@@ -57,9 +57,25 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// systemd quotes arguments with spaces; a path with a quote is refused below.
+/// Text for a unit-file setting: systemd expands `%` specifiers (`%h` the
+/// home directory, `%n` the unit name, …) in nearly every setting, including
+/// Description=, Environment= and ExecStart=, and refuses unknown ones, so a
+/// root like `/tmp/50% off` must be written `50%% off`.
+fn systemd_text(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
+/// One quoted word of Environment=: specifiers escaped, and C escapes for
+/// the backslash (systemd unquotes it); a path with a quote or a newline is
+/// refused below.
 fn systemd_quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\"))
+    format!("\"{}\"", systemd_text(&s.replace('\\', "\\\\")))
+}
+
+/// One quoted word of ExecStart=, which also expands `$VAR` and `${VAR}`:
+/// `$` is doubled so a root like `/tmp/$HOME` stays itself.
+fn systemd_exec_word(s: &str) -> String {
+    systemd_quote(s).replace('$', "$$")
 }
 
 /// The files that schedule `exe --root <root> watchdog` every `interval`.
@@ -140,14 +156,16 @@ pub fn render(
             let stem = systemd_stem(paths);
             let dir = home.join(".config/systemd/user");
             let service = format!(
-                "[Unit]\nDescription=psm watchdog for {root}\n\n[Service]\nType=oneshot\nEnvironment={env_root}\nEnvironment={env_path}\nExecStart={exe} --root {qroot} watchdog\n",
+                "[Unit]\nDescription=psm watchdog for {text_root}\n\n[Service]\nType=oneshot\nEnvironment={env_root}\nEnvironment={env_path}\nExecStart={exe} --root {qroot} watchdog\n",
+                text_root = systemd_text(&root),
                 env_root = systemd_quote(&format!("PSM_ROOT={root}")),
                 env_path = systemd_quote(&format!("PATH={path_env}")),
-                exe = systemd_quote(&exe_s),
-                qroot = systemd_quote(&root),
+                exe = systemd_exec_word(&exe_s),
+                qroot = systemd_exec_word(&root),
             );
             let timer = format!(
-                "[Unit]\nDescription=Run the psm watchdog for {root} every {secs}s\n\n[Timer]\nOnBootSec={secs}s\nOnUnitActiveSec={secs}s\nAccuracySec=1s\nUnit={stem}.service\n\n[Install]\nWantedBy=timers.target\n"
+                "[Unit]\nDescription=Run the psm watchdog for {text_root} every {secs}s\n\n[Timer]\nOnBootSec={secs}s\nOnUnitActiveSec={secs}s\nAccuracySec=1s\nUnit={stem}.service\n\n[Install]\nWantedBy=timers.target\n",
+                text_root = systemd_text(&root),
             );
             Ok(vec![
                 UnitFile {
@@ -281,6 +299,31 @@ mod tests {
         )
         .unwrap();
         assert!(units[1].contents.contains("OnUnitActiveSec=90s"));
+
+        // Specifiers, `$` and backslashes in the root stay themselves.
+        let odd = Paths::new("/tmp/50% off/$HOME/a\\b %h");
+        let units = render(
+            Format::Systemd,
+            Path::new("/usr/bin/psm"),
+            &odd,
+            Duration::from_secs(60),
+            home,
+        )
+        .unwrap();
+        let service = &units[0].contents;
+        for line in [
+            "Description=psm watchdog for /tmp/50%% off/$HOME/a\\b %%h",
+            "Environment=\"PSM_ROOT=/tmp/50%% off/$HOME/a\\\\b %%h\"",
+            "ExecStart=\"/usr/bin/psm\" --root \"/tmp/50%% off/$$HOME/a\\\\b %%h\" watchdog",
+        ] {
+            assert!(
+                service.lines().any(|l| l == line),
+                "no {line:?} in:\n{service}"
+            );
+        }
+        assert!(units[1]
+            .contents
+            .contains("for /tmp/50%% off/$HOME/a\\b %%h every"));
         assert!(render(
             Format::Systemd,
             Path::new("psm"),

@@ -3,7 +3,6 @@
 //! it safely can (dead records, a missing coordinator) and checks again.
 
 use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Config, HealthSpec};
 use crate::coordinator::{DownMark, COORDINATOR_NAME};
+use crate::fsx::Dir;
 use crate::paths::Paths;
 use crate::process::{Identity, ProcInfo};
 use crate::registry::{Registry, ServiceKey, Store};
@@ -47,6 +47,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Runs every check. `home` locates the scheduler files of the watchdog.
 pub fn verify(paths: &Paths, config_path: &Path, home: Option<&Path>) -> Vec<Finding> {
     let mut out = Vec::new();
+    check_seed_lock(paths, &mut out);
     let registry = check_registry(paths, &mut out);
     let config = check_config(config_path, &mut out);
     check_writable(paths, &mut out);
@@ -71,6 +72,109 @@ pub fn verify(paths: &Paths, config_path: &Path, home: Option<&Path>) -> Vec<Fin
         ),
     });
     out
+}
+
+/// The check that names the seed's lock directory.
+pub const SEED_LOCK: &str = "seed lock";
+
+/// proper-lockfile's own rule: a lock directory older than this is stale.
+const SEED_LOCK_STALE: Duration = Duration::from_secs(10);
+
+/// The JavaScript PSM (the seed) locks with proper-lockfile: a *directory*
+/// where psm keeps its lock file, often left behind by a killed node process.
+/// Reported only when there is one.
+fn check_seed_lock(paths: &Paths, out: &mut Vec<Finding>) {
+    let lock = paths.registry_lock();
+    if std::fs::symlink_metadata(&lock).is_ok_and(|m| m.is_dir()) {
+        out.push(finding(
+            SEED_LOCK,
+            Level::Fail,
+            format!(
+                "{} is the JavaScript PSM's lock directory (proper-lockfile); `psm verify --fix` removes it once it is {}s old and no `process-state-manager` node process runs (or `rmdir` it yourself)",
+                lock.display(),
+                SEED_LOCK_STALE.as_secs()
+            ),
+        ));
+    }
+}
+
+/// Whether the seed's lock directory may go: proper-lockfile's stale rule
+/// (older than 10 s) and no seed PSM running that could hold it.
+pub fn seed_lock_removable(age: Duration, seed_running: bool) -> Result<(), String> {
+    if seed_running {
+        Err("a `process-state-manager` node process is running; stop it first".into())
+    } else if age < SEED_LOCK_STALE {
+        Err(format!(
+            "it is only {}s old, so it may be in use; retry in {}s",
+            age.as_secs(),
+            SEED_LOCK_STALE.as_secs()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `--fix`: removes the seed's lock directory (only an empty one, through
+/// the root's fd) when [`seed_lock_removable`] allows; says what it did.
+pub fn remove_seed_lock(paths: &Paths) -> Result<String, String> {
+    let lock = paths.registry_lock();
+    let shown = lock.display();
+    let age = std::fs::symlink_metadata(&lock)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default())
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    seed_lock_removable(age, seed_psm_running())
+        .map_err(|why| format!("left the seed's lock directory {shown}: {why}"))?;
+    let name = lock.file_name().unwrap_or_default();
+    Dir::open(paths.root())
+        .and_then(|root| root.remove_dir(name))
+        .map_err(|e| format!("cannot remove {shown}: {e}"))?;
+    Ok(format!("removed the seed's stale lock directory {shown}"))
+}
+
+/// True if `argv` is the seed's PSM: node running a `process-state-manager`
+/// script (a psm whose root path merely contains the word is not).
+fn is_seed_psm(argv: &[&[u8]]) -> bool {
+    let base =
+        |arg: &[u8]| -> Vec<u8> { arg.rsplit(|&b| b == b'/').next().unwrap_or(arg).to_vec() };
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    base(program).starts_with(b"node")
+        && args
+            .iter()
+            .any(|a| base(a).starts_with(b"process-state-manager"))
+}
+
+/// Whether a seed PSM runs on this machine (Linux: `/proc/*/cmdline`;
+/// elsewhere: `ps`, whose arguments are split at spaces).
+fn seed_psm_running() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        dir.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|cmdline| {
+                let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                is_seed_psm(&argv)
+            })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let Ok(out) = std::process::Command::new("ps")
+            .args(["-Ao", "args="])
+            .output()
+        else {
+            return false;
+        };
+        String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+            let argv: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
+            is_seed_psm(&argv)
+        })
+    }
 }
 
 fn check_registry(paths: &Paths, out: &mut Vec<Finding>) -> Option<Registry> {
@@ -143,7 +247,11 @@ fn check_config(path: &Path, out: &mut Vec<Finding>) -> Option<Config> {
             Some(c)
         }
         Err(e) => {
-            out.push(finding("config", Level::Fail, e.to_string()));
+            out.push(finding(
+                "config",
+                Level::Fail,
+                format!("{:#}", anyhow::Error::from(e)),
+            ));
             None
         }
     }
@@ -154,15 +262,20 @@ fn check_writable(paths: &Paths, out: &mut Vec<Finding>) {
         ("root", paths.root().to_path_buf()),
         ("logs", paths.logs_dir()),
     ] {
-        let probe = dir.join(format!(".psm-verify-{}", std::process::id()));
-        let result = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .and_then(|()| std::fs::write(&probe, b"x"))
-            .and_then(|()| std::fs::remove_file(&probe));
+        // Through fsx: a `.logs` that is a link or not ours is reported,
+        // and the probe is never written outside the root.
+        let opened = if name == "root" {
+            Dir::open(&dir)
+        } else {
+            Dir::own(&dir, true, false)
+        };
+        let result = opened.and_then(|d| {
+            let (_file, probe) = d.create_temp(".psm-verify-")?;
+            d.remove(probe).map(drop)
+        });
         out.push(match result {
             Ok(()) => finding(name, Level::Pass, format!("{} is writable", dir.display())),
+            Err(e) if crate::fsx::is_refusal(&e) => finding(name, Level::Fail, e.to_string()),
             Err(e) => finding(
                 name,
                 Level::Fail,
@@ -320,5 +433,58 @@ fn check_ports(reg: &Registry, cfg: &Config, out: &mut Vec<Finding>) {
             }
         };
         out.push(finding("port", level_reason.0, level_reason.1));
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+
+    /// The seed's PSM is node running a process-state-manager script.
+    #[test]
+    fn seed_psm_table() {
+        let cases: &[(&[&str], bool)] = &[
+            (
+                &["node", "scripts/process-state-manager.js", "status"],
+                true,
+            ),
+            (
+                &["/usr/bin/node", "/r/scripts/process-state-manager.js"],
+                true,
+            ),
+            (&["nodejs", "process-state-manager.js"], true),
+            (&["psm", "--root", "/home/u/process-state-manager"], false),
+            (
+                &["node", "/home/process-state-manager-repo/server.js"],
+                false,
+            ),
+            (&["vim", "process-state-manager.js"], false),
+            (&[], false),
+        ];
+        for (argv, want) in cases {
+            let argv: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
+            assert_eq!(is_seed_psm(&argv), *want, "{argv:?}");
+        }
+    }
+
+    /// Removable only when stale (10 s, proper-lockfile's rule) and no seed
+    /// PSM runs.
+    #[test]
+    fn seed_lock_removable_table() {
+        let s = Duration::from_secs;
+        let cases = [
+            (s(11), false, true),
+            (s(10), false, true),
+            (s(9), false, false),
+            (s(3600), true, false),
+            (s(0), true, false),
+        ];
+        for (age, running, ok) in cases {
+            assert_eq!(
+                seed_lock_removable(age, running).is_ok(),
+                ok,
+                "{age:?} {running}"
+            );
+        }
     }
 }

@@ -48,42 +48,20 @@ stop-timeout = "1s"
 fn processes_of(root: &Root, label: &str) -> Vec<i32> {
     let mut roots = vec![root.path().to_path_buf()];
     roots.extend(fs::canonicalize(root.path()).ok());
-    let wanted_roots: Vec<Vec<u8>> = roots
-        .iter()
-        .map(|r| [b"PSM_ROOT=".as_slice(), r.as_os_str().as_bytes()].concat())
-        .collect();
-    let wanted_label = format!("PSM_SERVICE={label}").into_bytes();
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
-        let ours = vars.iter().any(|v| wanted_roots.iter().any(|w| w == v))
-            && vars.contains(&wanted_label.as_slice());
-        if ours && alive(pid) && pgid(pid) == Some(pid) {
-            found.push(pid);
-        }
-    }
-    found
+    support::all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            let ours = support::env_var(pid, "PSM_ROOT")
+                .is_some_and(|v| roots.iter().any(|r| r.as_os_str().as_bytes() == v));
+            ours && support::env_var(pid, "PSM_SERVICE").as_deref() == Some(label.as_bytes())
+        })
+        .filter(|&pid| alive(pid) && pgid(pid) == Some(pid))
+        .collect()
 }
 
-/// The process group of `pid` (field 5 of /proc/<pid>/stat).
+/// The process group of `pid`.
 fn pgid(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
+    psm::process::ProcInfo::read(pid).map(|info| info.pgid)
 }
 
 /// The coordinator's heartbeat stamp.
@@ -294,7 +272,7 @@ fn stop_racing_start_leaves_a_matching_record() {
     service_script(&root);
     // No health round during the test: only the control path may write.
     root.write_config(&format!(
-        "health-interval = \"1h\"\n{}",
+        "health-interval = \"10m\"\n{}",
         service("svc", "v0")
     ));
     root.up();

@@ -140,8 +140,9 @@ command = ["sh", "talk.sh", "beta"]
 }
 
 /// `psm top` shows every service live: a `psm stop` shows within the
-/// refresh, `j` moves the selection, `enter` opens the log, `?` the help,
-/// `q` quits and leaves the terminal as it was.
+/// refresh, `s` starts it again and `r` restarts it, `j` moves the
+/// selection, `enter` opens the log, `?` the help, `q` quits and leaves the
+/// terminal as it was.
 #[test]
 fn top_shows_changes_and_answers_keys() {
     require_tmux();
@@ -185,6 +186,22 @@ fn top_shows_changes_and_answers_keys() {
     };
     let before = tmux.wait("a selected row", |s| selected(s).is_some());
     assert!(selected(&before).unwrap().contains("alpha"), "{before}");
+
+    // `s` starts the stopped service, `r` restarts it: a new pid on screen.
+    tmux.keys(&["s"]);
+    tmux.wait("alpha started by s", |s| {
+        row(s, "alpha").is_some_and(|r| r.contains("running"))
+    });
+    let old = root.service_pid("alpha");
+    tmux.keys(&["r"]);
+    let mut new = 0;
+    wait_for(WAIT, "alpha restarted by r", || {
+        new = root.global("alpha")["pid"].as_i64().unwrap_or(0) as i32;
+        new != old && new > 0 && alive(new)
+    });
+    tmux.wait("the new pid on screen", |s| {
+        row(s, "alpha").is_some_and(|r| r.split_whitespace().any(|w| w == new.to_string()))
+    });
     tmux.keys(&["j"]);
     tmux.wait("beta selected after j", |s| {
         selected(s).is_some_and(|l| l.contains("beta"))
@@ -200,6 +217,12 @@ fn top_shows_changes_and_answers_keys() {
     });
     tmux.keys(&["?"]);
     tmux.wait("the help closed", |s| !s.contains("restart it"));
+    tmux.keys(&["l"]);
+    tmux.wait("beta's log on the whole screen", |s| {
+        s.contains("hello from beta") && !s.contains("UPTIME")
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait("Esc back to the list", |s| s.contains("UPTIME"));
 
     tmux.keys(&["q"]);
     let after = tmux.wait("top exited", |s| s.contains("top exited: 0"));
@@ -209,18 +232,40 @@ fn top_shows_changes_and_answers_keys() {
 }
 
 /// At 80×24 with no coordinator, `psm top` says so in its header, still
-/// shows every column and the registry's services and sessions, and Esc quits.
+/// shows every column, the registry's services and sessions and a record's
+/// last exit reason, and Esc quits.
 #[test]
 fn top_without_a_coordinator_fits_80_by_24() {
     require_tmux();
     let root = Root::new();
     let sleeper = root.sleeper();
     let pid = sleeper.id().to_string();
-    root.ok(&["register", "watcher", &pid, "global", "sleep"]);
+    root.ok(&[
+        "register",
+        "watcher",
+        &pid,
+        "global",
+        "sleep",
+        "--meta",
+        "lastExit=exited with code 3",
+    ]);
+    let project = root.file("proj");
+    std::fs::create_dir(&project).unwrap();
+    root.ok(&[
+        "session",
+        "register",
+        "s-1",
+        &pid,
+        project.to_str().unwrap(),
+    ]);
     let tmux = Tmux::start(&root, 80, 24, &top_command(&root));
     let screen = tmux.wait("the registered service", |s| {
         row(s, "watcher").is_some_and(|r| r.contains("running"))
     });
+    assert!(
+        screen.contains(&format!("session s-1 (pid {pid}, alive) (no services)")),
+        "{screen}"
+    );
     assert!(screen.contains("no coordinator runs"), "{screen}");
     for column in [
         "NAME",
@@ -238,6 +283,8 @@ fn top_without_a_coordinator_fits_80_by_24() {
         );
     }
     assert!(screen.lines().all(|l| l.chars().count() <= 80));
+    let watcher = row(&screen, "watcher").unwrap();
+    assert!(watcher.contains("exited with code 3"), "{watcher:?}");
 
     // A record that dies shows as dead within the refresh.
     drop(sleeper);
@@ -343,4 +390,60 @@ fn status_measures_a_services_whole_tree() {
     let header = table.lines().next().unwrap();
     assert!(header.contains("CPU") && header.contains("MEM"), "{table}");
     assert!(table.lines().all(|l| l.chars().count() <= 100), "{table}");
+}
+
+/// A FIFO where a service's log should be does not freeze the view: `enter`
+/// says it is not a regular file and Ctrl-C (a key in raw mode) still quits.
+#[test]
+fn a_fifo_for_a_log_does_not_block_top() {
+    require_tmux();
+    let root = Root::new();
+    let sleeper = root.sleeper();
+    root.ok(&[
+        "register",
+        "piped",
+        &sleeper.id().to_string(),
+        "global",
+        "sleep",
+    ]);
+    std::fs::create_dir_all(root.file(".logs")).unwrap();
+    let fifo = std::ffi::CString::new(
+        root.file(".logs/piped.log")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let tmux = Tmux::start(&root, 100, 30, &top_command(&root));
+    tmux.wait("the service", |s| row(s, "piped").is_some());
+    tmux.keys(&["Enter"]);
+    tmux.wait("the FIFO refused", |s| s.contains("is not a regular file"));
+    tmux.keys(&["C-c"]);
+    tmux.wait("top exited", |s| s.contains("top exited: 0"));
+}
+
+/// SIGTERM ends `psm top` the way `q` does: the terminal is restored (main
+/// screen, cursor shown), not left in raw mode on the alternate screen.
+#[test]
+fn sigterm_restores_the_terminal() {
+    require_tmux();
+    let root = Root::new();
+    let tmux = Tmux::start(&root, 80, 24, &top_command(&root));
+    tmux.wait("top running", |s| {
+        s.contains("no services registered") || s.contains("NAME")
+    });
+    assert_eq!(tmux.pane("#{alternate_on}"), "1");
+    let shell: i32 = tmux.pane("#{pane_pid}").parse().unwrap();
+    let mut top = 0;
+    wait_for(WAIT, "psm top under the pane's shell", || {
+        top = psm::process::tree::children(shell)
+            .first()
+            .copied()
+            .unwrap_or(0);
+        top > 1
+    });
+    unsafe { libc::kill(top, libc::SIGTERM) };
+    tmux.wait("top exited", |s| s.contains("top exited: 0"));
+    assert_eq!(tmux.pane("#{alternate_on}"), "0", "alternate screen left");
+    assert_eq!(tmux.pane("#{cursor_flag}"), "1", "cursor shown again");
 }

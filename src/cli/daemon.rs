@@ -468,7 +468,13 @@ pub(super) fn control_message(
     make: fn(Target) -> Request,
     args: &TargetArgs,
 ) -> Result<String, CliError> {
-    Ok(send(paths, make(target(args)?))?.message)
+    let target = target(args)?;
+    // The coordinator answers once the registry says what it did: a stuck
+    // lock holder is named now rather than after the request timeout.
+    crate::registry::Store::new(paths.clone())
+        .check_lock()
+        .map_err(|e| CliError::Failed(e.into()))?;
+    Ok(send(paths, make(target))?.message)
 }
 
 pub fn reload(paths: &Paths) -> CliResult {

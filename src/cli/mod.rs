@@ -123,10 +123,13 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         }
         Command::Status(a) => {
             let registry = manager.store().read().map_err(ManagerError::from)?;
-            let mut health = crate::registry::manager::health_of(&registry);
             // One snapshot, so CPU is each process's lifetime average (as
-            // `ps` shows it): a second sample would cost its interval.
-            top::measure(&mut health, &registry, &mut Snapshot::take(), None);
+            // `ps` shows it): a second sample would cost its interval. It
+            // also answers liveness, so no process is read twice.
+            let mut snapshot = Snapshot::take();
+            let mut health =
+                crate::registry::manager::health_with(&registry, |id| snapshot.is_alive(id));
+            top::measure(&mut health, &registry, &mut snapshot, None);
             if a.json {
                 output::print_json(&health);
             } else {

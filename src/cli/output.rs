@@ -1,11 +1,13 @@
 //! What the CLI prints: compact tables for people, JSON for programs.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use serde::Serialize;
 
+use crate::input::printable;
 use crate::registry::HealthStatus;
 use crate::time::{short_duration, since_millis};
 
@@ -25,8 +27,16 @@ pub fn print_json<T: Serialize>(value: &T) {
     let _ = out.write_all(&bytes);
 }
 
-/// Renders rows as left-aligned columns separated by two spaces.
+/// Renders rows as left-aligned columns separated by two spaces. Every cell
+/// goes through [`printable`]: names, statuses, sessions and paths come from
+/// the registry, which any program may write, and a raw escape sequence in
+/// one would reach the user's terminal (clear the screen, set the title,
+/// hide text). `--json` prints them exactly.
 fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -38,7 +48,7 @@ fn table(rows: &[Vec<String>]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
@@ -144,6 +154,31 @@ pub fn print_status(health: &HealthStatus) {
         }
         println!();
         print!("{}", table(&rows));
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    /// Control characters in cells are escaped, and columns align on what
+    /// is printed.
+    #[test]
+    fn cells_are_escaped_and_aligned() {
+        let rows = vec![
+            vec!["NAME".to_string(), "STATUS".to_string()],
+            vec!["a\u{1b}[2J".to_string(), "ok".to_string()],
+            vec!["b\nc".to_string(), "x\u{7}".to_string()],
+        ];
+        let text = table(&rows);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert_eq!(
+            text,
+            "NAME        STATUS\na\\u{1b}[2J  ok\nb\\nc        x\\u{7}\n"
+        );
     }
 }
 

@@ -12,15 +12,16 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::Line;
-use ratatui::widgets::{Block, Clear, Paragraph, Row, Table, TableState};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph};
 use ratatui::{DefaultTerminal, Frame};
 use serde_json::Value;
 
@@ -29,11 +30,13 @@ use super::output::{age, cpu_cell, memory_cell};
 use super::{daemon, CliError, CliResult};
 use crate::coordinator::protocol::{Request, Target};
 use crate::coordinator::COORDINATOR_NAME;
+use crate::input;
 use crate::paths::Paths;
 use crate::process::usage::Snapshot;
-use crate::registry::manager::health_of;
+use crate::registry::manager::health_with;
 use crate::registry::{
-    status, HealthStatus, Registry, Scope, ServiceHealth, ServiceKey, ServiceType, StateManager,
+    status, HealthStatus, Registry, Scope, ServiceHealth, ServiceKey, ServiceRecord, ServiceType,
+    StateManager,
 };
 use crate::time::{short_duration, since_millis};
 
@@ -88,11 +91,35 @@ pub fn run(paths: &Paths, manager: &StateManager) -> CliResult {
         ));
     }
     let mut app = App::new(paths.clone(), manager);
+    quit_on_signals();
     // Installs a panic hook that restores the terminal before the message.
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let result = app.run(&mut terminal);
     ratatui::restore();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Set by SIGTERM or SIGHUP: the loop ends at its next tick and restores
+/// the terminal, instead of dying with it in raw mode on the alternate screen.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn quit_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic. Without it the
+        // default (terminate) applies, which is no worse than before.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
 }
 
 /// What the screen shows besides the list.
@@ -152,6 +179,9 @@ impl<'a> App<'a> {
     fn run(&mut self, terminal: &mut DefaultTerminal) -> Result<(), CliError> {
         let mut refreshed = Instant::now() - REFRESH;
         loop {
+            if SIGNALLED.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             if refreshed.elapsed() >= REFRESH {
                 self.refresh();
                 refreshed = Instant::now();
@@ -174,6 +204,10 @@ impl<'a> App<'a> {
                 continue;
             }
             match key.code {
+                // Raw mode turns Ctrl-C into a key, not a signal.
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(())
+                }
                 KeyCode::Char('q') => return Ok(()),
                 KeyCode::Esc if self.overlay == Overlay::None => return Ok(()),
                 KeyCode::Esc => self.overlay = Overlay::None,
@@ -263,7 +297,7 @@ impl<'a> App<'a> {
             }
         };
         let mut now = Snapshot::take();
-        let mut health = health_of(&registry);
+        let mut health = health_with(&registry, |id| now.is_alive(id));
         measure(&mut health, &registry, &mut now, self.before.as_ref());
         self.before = Some(now);
         self.coordinator = coordinator_line(&health);
@@ -282,9 +316,15 @@ impl<'a> App<'a> {
         self.log = match (self.overlay, self.selected_row()) {
             (Overlay::LogPane | Overlay::Logs, Some(row)) => {
                 let path = log_path(&self.paths, &row.health);
-                match crate::logs::tail(&path, 200) {
-                    Ok(lines) => lines,
-                    Err(e) => vec![format!("no log at {}: {e}", path.display())],
+                // Opening a FIFO would block the screen until a writer came.
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if !m.file_type().is_file() => {
+                        vec![format!("{} is not a regular file", path.display())]
+                    }
+                    _ => match crate::logs::tail(&path, 200) {
+                        Ok(lines) => lines.iter().map(|l| log_line(l)).collect(),
+                        Err(e) => vec![format!("no log at {}: {e}", path.display())],
+                    },
                 }
             }
             _ => Vec::new(),
@@ -326,60 +366,57 @@ impl<'a> App<'a> {
         f.render_widget(Paragraph::new(text).style(Style::new().reversed()), footer);
     }
 
+    /// The list is lines, not a table, so a group heading (a long project
+    /// path or session) spans the width instead of being cut to a column.
     fn draw_list(&self, f: &mut Frame, area: Rect) {
-        let mut selected = None;
-        let rows: Vec<Row> = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                Item::Group(title) => Row::new([title.clone()]).style(Style::new().bold()),
-                Item::Service(s) => {
-                    if self.selected.as_ref() == Some(&key_of(&s.health)) {
-                        selected = Some(i);
-                    }
-                    service_cells(s)
-                }
-            })
-            .collect();
-        // Names as wide as the longest (indented under their group), up to
-        // what leaves the other columns whole at 80 columns.
+        // Names as wide as the longest (indented under their group), but
+        // leaving LAST EXIT at least 16 columns (at 80 columns, names are
+        // cut after 11 characters).
+        let fixed: usize = widths(0).iter().sum::<usize>() + 2;
+        let room = (area.width as usize).saturating_sub(fixed + 16);
         let name = self
             .services()
             .map(|s| s.health.name.chars().count() + 2)
             .max()
             .unwrap_or(4)
-            .clamp(6, 24) as u16;
-        let widths = [
-            Constraint::Length(name),
-            Constraint::Length(8),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(3),
-            Constraint::Length(6),
-            Constraint::Length(5),
-            Constraint::Length(6),
-            Constraint::Fill(1),
+            .clamp(6, room.clamp(10, 28));
+        let mut selected = None;
+        let lines: Vec<ListItem> = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Item::Group(title) => ListItem::new(Line::styled(
+                    input::printable(title).into_owned(),
+                    Style::new().bold(),
+                )),
+                Item::Service(s) => {
+                    if self.selected.as_ref() == Some(&key_of(&s.health)) {
+                        selected = Some(i);
+                    }
+                    ListItem::new(service_line(s, name))
+                }
+            })
+            .collect();
+        let [header, body] =
+            Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+        let titles = [
+            "NAME", "STATUS", "PID", "UPTIME", "RST", "CPU", "MEM", "HEALTH",
         ];
-        let header = Row::new([
-            "NAME",
-            "STATUS",
-            "PID",
-            "UPTIME",
-            "RST",
-            "CPU",
-            "MEM",
-            "HEALTH",
-            "LAST EXIT",
-        ])
-        .style(Style::new().add_modifier(Modifier::UNDERLINED));
-        let table = Table::new(rows, widths)
-            .header(header)
-            .column_spacing(1)
-            .row_highlight_style(Style::new().reversed())
+        let mut heading = String::from("  ");
+        for (title, width) in titles.iter().zip(widths(name)) {
+            heading.push_str(&cell(title, width));
+        }
+        heading.push_str("LAST EXIT");
+        f.render_widget(
+            Paragraph::new(heading).style(Style::new().add_modifier(Modifier::UNDERLINED)),
+            header,
+        );
+        let list = List::new(lines)
+            .highlight_style(Style::new().reversed())
             .highlight_symbol("> ");
-        let mut state = TableState::new().with_selected(selected);
-        f.render_stateful_widget(table, area, &mut state);
+        let mut state = ListState::default().with_selected(selected);
+        f.render_stateful_widget(list, body, &mut state);
     }
 
     fn draw_log(&self, f: &mut Frame, area: Rect) {
@@ -408,7 +445,7 @@ fn draw_help(f: &mut Frame, body: Rect) {
         "  r          restart it (through the coordinator)",
         "  s          stop it, or start it when stopped or failed",
         "  ?          show / hide this help",
-        "  q  Esc     quit (Esc first closes a log or this help)",
+        "  q  Esc     quit (Esc first closes a log or this help); Ctrl-C too",
         "",
         "CPU is percent of one core since the last refresh; MEM is resident",
         "memory of the service's whole process tree.",
@@ -429,7 +466,26 @@ fn draw_help(f: &mut Frame, body: Rect) {
     );
 }
 
-fn service_cells(s: &ServiceRow) -> Row<'static> {
+/// Column widths, separator included, of everything before LAST EXIT.
+fn widths(name: usize) -> [usize; 8] {
+    [name + 1, 9, 8, 8, 4, 7, 6, 7]
+}
+
+/// `text` cut (ending in `…`) or padded to `width` characters, the last
+/// one a space.
+fn cell(text: &str, width: usize) -> String {
+    let room = width.saturating_sub(1);
+    let cut: String = if text.chars().count() > room {
+        let mut c: String = text.chars().take(room.saturating_sub(1)).collect();
+        c.push('…');
+        c
+    } else {
+        text.to_string()
+    };
+    format!("{cut:<width$}")
+}
+
+fn service_line(s: &ServiceRow, name: usize) -> Line<'static> {
     let d = &s.health;
     let running = d.status != status::DEAD && d.pid.is_some();
     let colour = match d.status.as_str() {
@@ -438,26 +494,27 @@ fn service_cells(s: &ServiceRow) -> Row<'static> {
         status::STOPPED => Color::Reset,
         _ => Color::Red,
     };
-    Row::new(vec![
-        format!("  {}", d.name).into(),
-        Line::styled(d.status.clone(), Style::new().fg(colour)),
-        d.pid.map_or("-".into(), |p| p.to_string()).into(),
-        if running {
-            age(d.start_time)
-        } else {
-            "-".into()
-        }
-        .into(),
-        d.restart_count.to_string().into(),
-        cpu_cell(d.cpu).into(),
-        memory_cell(d.rss).into(),
-        if running {
-            age(d.last_health_check)
-        } else {
-            "-".into()
-        }
-        .into(),
-        s.last_exit.clone().unwrap_or_default().into(),
+    let since = |millis| if running { age(millis) } else { "-".into() };
+    let [w_name, w_status, rest @ ..] = widths(name);
+    let mut tail = String::new();
+    let cells = [
+        d.pid.map_or("-".into(), |p| p.to_string()),
+        since(d.start_time),
+        d.restart_count.to_string(),
+        cpu_cell(d.cpu),
+        memory_cell(d.rss),
+        since(d.last_health_check),
+    ];
+    for (text, width) in cells.iter().zip(rest) {
+        tail.push_str(&cell(text, width));
+    }
+    tail.push_str(&input::printable(
+        s.last_exit.as_deref().unwrap_or_default(),
+    ));
+    Line::from(vec![
+        Span::raw(cell(&format!("  {}", input::printable(&d.name)), w_name)),
+        Span::styled(cell(&d.status, w_status), Style::new().fg(colour)),
+        Span::raw(tail),
     ])
 }
 
@@ -481,15 +538,7 @@ fn items(registry: &Registry, health: HealthStatus) -> Vec<Item> {
             items.push(Item::Group(title.clone()));
             group = Some(title);
         }
-        let last_exit = registry.get(&key_of(&d)).and_then(|r| {
-            let exit = r
-                .extra
-                .get("lastExit")
-                .or_else(|| r.metadata.get("lastExit"));
-            exit.and_then(|e| e.get("reason"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
+        let last_exit = registry.get(&key_of(&d)).and_then(last_exit_reason);
         items.push(Item::Service(Box::new(ServiceRow {
             health: d,
             last_exit,
@@ -504,6 +553,21 @@ fn items(registry: &Registry, health: HealthStatus) -> Vec<Item> {
         }
     }
     items
+}
+
+/// The record's last exit reason, if it has one: `lastExit.reason` (or a
+/// plain `lastExit` string, as the job example writes), at the top level
+/// or in `metadata`. Read through the record's JSON, so it is found whether
+/// psm knows the field or only keeps it.
+fn last_exit_reason(record: &ServiceRecord) -> Option<String> {
+    let json = serde_json::to_value(record).ok()?;
+    let exit = [&json["lastExit"], &json["metadata"]["lastExit"]]
+        .into_iter()
+        .find(|v| !v.is_null())?;
+    match exit {
+        Value::String(s) => Some(s.clone()),
+        _ => exit["reason"].as_str().map(str::to_string),
+    }
 }
 
 fn session_title(sessions: &[crate::registry::SessionHealth], id: &str) -> String {
@@ -550,6 +614,31 @@ fn not_controllable(d: &ServiceHealth) -> Option<String> {
     }
 }
 
+/// A log line as the screen may show it: colour and other CSI sequences
+/// (ESC `[` … final byte, which services print all the time) dropped, tabs
+/// as spaces, and anything else hostile escaped as the status table escapes
+/// it ([`input::printable`]), so a service's output cannot move the cursor
+/// or repaint the view.
+fn log_line(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' if chars.next_if_eq(&'[').is_some() => {
+                // Parameters and intermediates, then one final byte.
+                while chars
+                    .next_if(|c| ('\u{20}'..='\u{3f}').contains(c))
+                    .is_some()
+                {}
+                chars.next();
+            }
+            '\t' => plain.push_str("    "),
+            c => plain.push(c),
+        }
+    }
+    input::printable(&plain).into_owned()
+}
+
 /// `s` starts what is not running and stops what is.
 fn stop_or_start(status: &str) -> fn(Target) -> Request {
     match status {
@@ -594,6 +683,87 @@ mod tests {
         ];
         for (status, want) in cases {
             assert_eq!(stop_or_start(status)(t()), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn last_exit_reason_is_found_where_it_is() {
+        let scope = Scope::Global;
+        let id = crate::process::Identity {
+            pid: 5,
+            start_time: 1,
+        };
+        let with = |key: &str, value: Value| {
+            let mut r = ServiceRecord::new(&scope, "s", id, 0);
+            if key == "metadata" {
+                r.metadata.insert("lastExit".into(), value);
+            } else {
+                r.extra.insert("lastExit".into(), value);
+            }
+            last_exit_reason(&r)
+        };
+        let reason = serde_json::json!({"time": 1, "code": 3, "reason": "exited with code 3"});
+        let cases = [
+            (
+                "top level",
+                with("extra", reason.clone()),
+                Some("exited with code 3"),
+            ),
+            (
+                "in metadata",
+                with("metadata", reason),
+                Some("exited with code 3"),
+            ),
+            (
+                "a plain string",
+                with("metadata", Value::from("exit 0")),
+                Some("exit 0"),
+            ),
+            (
+                "no reason",
+                with("extra", serde_json::json!({"code": 1})),
+                None,
+            ),
+            (
+                "none",
+                last_exit_reason(&ServiceRecord::new(&scope, "s", id, 0)),
+                None,
+            ),
+        ];
+        for (what, got, want) in cases {
+            assert_eq!(got.as_deref(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn cells_are_cut_or_padded_to_their_width() {
+        let cases = [
+            ("abc", 5, "abc  "),
+            ("abcd", 5, "abcd "),
+            ("abcde", 5, "abc… "),
+            ("", 3, "   "),
+            ("é✓x", 3, "é… "),
+        ];
+        for (text, width, want) in cases {
+            assert_eq!(cell(text, width), want, "{text:?} in {width}");
+        }
+    }
+
+    #[test]
+    fn log_lines_cannot_drive_the_terminal() {
+        let cases = [
+            ("plain", "plain"),
+            ("\u{1b}[31mred\u{1b}[0m", "red"),
+            ("\u{1b}[2J\u{1b}[1;1Hhome", "home"),
+            ("a\tb", "a    b"),
+            ("bell\u{7}\r", "bell\\u{7}\\r"),
+            ("lone \u{1b}x", "lone \\u{1b}x"),
+            ("cut \u{1b}[", "cut "),
+            ("\u{1b}]0;title\u{7}", "\\u{1b}]0;title\\u{7}"),
+            ("é ✓", "é ✓"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(log_line(line), want, "{line:?}");
         }
     }
 

@@ -102,6 +102,13 @@ pub fn verify(paths: &Paths, manager: &StateManager, args: &VerifyArgs) -> CliRe
     let mut findings = verify::verify(paths, &config, home.as_deref());
     if args.fix {
         let mut fixed = Vec::new();
+        // First: while the seed's lock directory is there, nothing can lock
+        // the registry, so every other fix waits for it.
+        if failed(&findings, verify::SEED_LOCK) {
+            let done = verify::remove_seed_lock(paths).map_err(|e| CliError::Failed(anyhow!(e)))?;
+            fixed.push(done);
+            findings = verify::verify(paths, &config, home.as_deref());
+        }
         if failed(&findings, "dead records") {
             let report = manager.cleanup_dead_processes()?;
             fixed.push(format!("removed {} dead record(s)", report.cleaned()));

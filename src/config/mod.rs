@@ -19,6 +19,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod bounds;
 mod parse;
 mod types;
 mod validate;
@@ -61,7 +62,7 @@ impl Config {
     /// Reads and parses `path`. A missing file is [`ConfigError::Missing`], so
     /// callers can choose to run with [`Config::empty`] instead.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
+        match crate::fsx::read_text(path, crate::fsx::MAX_CONFIG_BYTES) {
             Ok(text) => Config::parse(&text, path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(ConfigError::Missing(path.to_path_buf()))

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
-use super::{ConfigError, RestartPolicy};
+use super::ConfigError;
+use crate::input::shown;
 
 const DURATION_HINT: &str = "use a humantime duration like \"15s\" or \"250ms\"";
 
@@ -30,6 +31,8 @@ pub(super) struct RawConfig {
     pub(super) restart: RawRestart,
     #[serde(default)]
     pub(super) logs: RawLogs,
+    #[serde(default)]
+    pub(super) control: RawControl,
     #[serde(default, rename = "service")]
     pub(super) services: Vec<RawService>,
 }
@@ -37,28 +40,27 @@ pub(super) struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct RawRestart {
-    pub(super) base: Option<Human>,
-    pub(super) max: Option<Human>,
-    pub(super) attempts: Option<u32>,
-    pub(super) stable_after: Option<Human>,
+    pub(super) base: Option<Spanned<Human>>,
+    pub(super) max: Option<Spanned<Human>>,
+    pub(super) attempts: Option<Spanned<i64>>,
+    pub(super) stable_after: Option<Spanned<Human>>,
 }
 
-impl RawRestart {
-    pub(super) fn over(&self, base: RestartPolicy) -> RestartPolicy {
-        RestartPolicy {
-            base: self.base.map_or(base.base, |h| h.0),
-            max: self.max.map_or(base.max, |h| h.0),
-            attempts: self.attempts.unwrap_or(base.attempts),
-            stable_after: self.stable_after.map_or(base.stable_after, |h| h.0),
-        }
-    }
+// Counts are read as TOML's own i64 and checked against the bounds table, so
+// `keep = 4294967296` or `attempts = -1` get the allowed range in the message
+// rather than serde's "expected u32".
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawLogs {
+    pub(super) max_size: Option<Spanned<i64>>,
+    pub(super) keep: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct RawLogs {
-    pub(super) max_size: Option<u64>,
-    pub(super) keep: Option<u32>,
+pub(super) struct RawControl {
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) idle_timeout: Option<Spanned<Human>>,
 }
 
 #[derive(Deserialize)]
@@ -72,9 +74,9 @@ pub(super) struct RawService {
     #[serde(default)]
     pub(super) env: BTreeMap<Spanned<String>, String>,
     pub(super) health: Option<Spanned<RawHealth>>,
-    pub(super) start_period: Option<Human>,
+    pub(super) start_period: Option<Spanned<Human>>,
     pub(super) stop_signal: Option<Spanned<String>>,
-    pub(super) stop_timeout: Option<Human>,
+    pub(super) stop_timeout: Option<Spanned<Human>>,
     #[serde(default)]
     pub(super) restart: RawRestart,
     pub(super) kind: Option<Spanned<String>>,
@@ -86,25 +88,26 @@ pub(super) struct RawService {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct RawHealth {
-    pub(super) port: Option<Spanned<u16>>,
+    pub(super) port: Option<Spanned<i64>>,
     pub(super) host: Option<String>,
     pub(super) file: Option<String>,
-    pub(super) max_age: Option<Human>,
+    pub(super) max_age: Option<Spanned<Human>>,
     pub(super) probe: Option<Spanned<String>>,
     pub(super) options: Option<serde_json::Map<String, Value>>,
 }
 
 /// A humantime duration. Parsed inside deserialization so that toml attaches
 /// the value's span to the error.
-#[derive(Clone, Copy)]
 pub(super) struct Human(pub(super) Duration);
 
 impl<'de> Deserialize<'de> for Human {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Human)
-            .map_err(|_| de::Error::custom(format!("invalid duration '{text}'")))
+        humantime::parse_duration(&text).map(Human).map_err(|e| {
+            // humantime's reason matters for "99999999999999999999d"
+            // ("number is too large"); the text is cut, it may be huge.
+            de::Error::custom(format!("invalid duration '{}' ({e})", shown(&text)))
+        })
     }
 }
 
@@ -132,7 +135,14 @@ impl Ctx<'_> {
         let at = span.as_ref().map(|s| s.start);
         let raw = one_line(err.message());
         if syntax {
-            return self.error(at, format!("{raw}: fix the TOML syntax"));
+            // A value toml cannot hold (an integer beyond 64 bits) is a
+            // syntax error to toml; the key still tells the user where.
+            let key = at.and_then(|o| key_before(self.text, o));
+            let for_key = match (key, span.as_ref()) {
+                (Some(k), Some(s)) => format!(" for '{}' in {}", shown(&k), self.location(s)),
+                _ => String::new(),
+            };
+            return self.error(at, format!("{raw}{for_key}: fix the TOML syntax"));
         }
         let within = span
             .as_ref()
@@ -142,10 +152,11 @@ impl Ctx<'_> {
             let (key, tail) = rest.split_once('`').unwrap_or((rest, ""));
             let expected = backticked(tail);
             if expected.is_empty() {
-                format!("unknown key '{key}' in {within}; remove it")
+                format!("unknown key '{}' in {within}; remove it", shown(key))
             } else {
                 format!(
-                    "unknown key '{key}' in {within}; expected one of {}",
+                    "unknown key '{}' in {within}; expected one of {}",
+                    shown(key),
                     expected.join(", ")
                 )
             }
@@ -154,11 +165,14 @@ impl Ctx<'_> {
             format!("missing key '{key}' in {within}; add it")
         } else {
             let key = at.and_then(|o| key_before(self.text, o));
-            let for_key = key.map(|k| format!(" for '{k}'")).unwrap_or_default();
+            let for_key = key
+                .map(|k| format!(" for '{}'", shown(&k)))
+                .unwrap_or_default();
             if raw.starts_with("invalid duration") {
                 format!("{raw}{for_key} in {within}: {DURATION_HINT}")
             } else {
-                format!("bad value{for_key} in {within}: {raw}")
+                // toml echoes the value, which may be huge.
+                format!("bad value{for_key} in {within}: {}", shown(&raw))
             }
         };
         self.error(at, message)
@@ -182,13 +196,13 @@ impl Ctx<'_> {
         let table = match header {
             None => "the top level".to_string(),
             Some((from, h)) if h == "[[service]]" => match service_name_after(self.text, from) {
-                Some(name) => format!("[[service]] '{name}'"),
-                None => h,
+                Some(name) => format!("[[service]] '{}'", shown(&name)),
+                None => shown(&h),
             },
-            Some((_, h)) => h,
+            Some((_, h)) => shown(&h),
         };
         match inline_table_key(self.text, start) {
-            Some(key) => format!("'{key}' of {table}"),
+            Some(key) => format!("'{}' of {table}", shown(&key)),
             None => table,
         }
     }

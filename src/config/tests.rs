@@ -5,6 +5,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
+use super::bounds::{Key, Range};
 use super::*;
 use crate::registry::{Scope, ServiceKey, ServiceType};
 
@@ -260,7 +261,7 @@ fn bad_inputs_name_file_line_and_key() {
         (
             web("health = { port = \"a\" }\n"),
             Some(5),
-            vec!["'port'", "[[service]] 'web'", "u16"],
+            vec!["'port'", "[[service]] 'web'", "expected i64"],
         ),
         (
             "[restart]\nattempts = -1\n".into(),
@@ -327,7 +328,7 @@ fn bad_inputs_name_file_line_and_key() {
         (
             web("health = { port = 0 }\n"),
             Some(5),
-            vec!["'port' 0", "[[service]] 'web'"],
+            vec!["'port' = 0", "'health' of [[service]] 'web'", "1 to 65535"],
         ),
         (
             web("\nstop-signal = \"BOGUS\"\n"),
@@ -356,7 +357,7 @@ fn bad_inputs_name_file_line_and_key() {
         (
             "\nhealth-interval = \"0s\"\n".into(),
             Some(2),
-            vec!["'health-interval'", "greater than 0"],
+            vec!["'health-interval' = \"0s\"", "the top level", "10ms to 1h"],
         ),
     ];
     for (text, line, needles) in cases {
@@ -443,4 +444,160 @@ command = ["dash", "{project}"]
     assert_eq!(dash.label, "dash");
     assert_eq!(dash.spec, config.services[2]);
     assert_eq!(dash.cwd, root);
+}
+
+/// Where a bounded key sits in a file: the text with `{}` for the value, the
+/// line it lands on, and the table the message names.
+fn placement(key: Key) -> Vec<(String, usize, String)> {
+    let top = |k: &str| (format!("{k} = {{}}\n"), 1, "the top level".to_string());
+    let table = |t: &str, k: &str| (format!("\n[{t}]\n{k} = {{}}\n"), 3, format!("[{t}]"));
+    let service = |line: &str, within: &str| (web(line), 5, within.to_string());
+    let name = key.name();
+    match key {
+        Key::HealthInterval => vec![top(name)],
+        Key::RestartBase | Key::RestartMax | Key::RestartAttempts | Key::StableAfter => vec![
+            table("restart", name),
+            service(
+                &format!("restart = {{ {name} = {{}} }}\n"),
+                "'restart' of [[service]] 'web'",
+            ),
+        ],
+        Key::LogMaxSize | Key::LogKeep => vec![table("logs", name)],
+        Key::ControlIdleTimeout | Key::ControlMaxConnections => vec![table("control", name)],
+        Key::StartPeriod | Key::StopTimeout => {
+            vec![service(&format!("{name} = {{}}\n"), "[[service]] 'web'")]
+        }
+        Key::HealthPort => vec![service(
+            "health = { port = {} }\n",
+            "'health' of [[service]] 'web'",
+        )],
+        Key::HealthMaxAge => vec![service(
+            "health = { file = \"/f\", max-age = {} }\n",
+            "'health' of [[service]] 'web'",
+        )],
+    }
+}
+
+/// The values just inside and just outside a range, as TOML values.
+fn edges(range: Range) -> (Vec<String>, Vec<String>) {
+    let quoted = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+    match range {
+        Range::Duration { min, max } => {
+            let mut outside = vec![quoted(max + Duration::from_millis(1))];
+            if let Some(below) = min.checked_sub(Duration::from_nanos(1)) {
+                outside.push(quoted(below));
+            }
+            (vec![quoted(min), quoted(max)], outside)
+        }
+        Range::Count { min, max } => (
+            vec![min.to_string(), max.to_string()],
+            vec![(min - 1).to_string(), (max + 1).to_string()],
+        ),
+    }
+}
+
+/// Every bounded key, in every table it may appear in: both ends of its
+/// range are accepted, one step beyond either end is refused with one line
+/// naming the file, the line, the key, the table and the allowed range.
+#[test]
+fn every_bound_is_enforced_where_the_key_appears() {
+    for key in Key::ALL {
+        let (inside, outside) = edges(key.range());
+        for (template, line, within) in placement(key) {
+            let with = |value: &str| template.replacen("{}", value, 1);
+            for value in &inside {
+                if let Err(e) = parse(&with(value)) {
+                    panic!("{key:?} = {value} refused: {e}");
+                }
+            }
+            for value in &outside {
+                let range = key.range().to_string();
+                let needles = [
+                    format!("'{}' = {value}", key.name()),
+                    format!("in {within} is out of range"),
+                    format!("use a value from {range}"),
+                ];
+                let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+                assert_error(&with(value), Some(line), &needles);
+            }
+        }
+    }
+}
+
+/// The values the issue reported, each refused with its range; a duration
+/// too large even to parse names the key and humantime's reason.
+#[test]
+fn reported_absurd_values_are_refused() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "health-interval = \"1ns\"\n",
+            &["'health-interval' = \"1ns\"", "10ms to 1h"],
+        ),
+        (
+            "health-interval = \"99999999999d\"\n",
+            &["'health-interval' = \"99999999999d\"", "10ms to 1h"],
+        ),
+        (
+            "health-interval = \"99999999999999999999d\"\n",
+            &["'health-interval'", "number is too large", "humantime"],
+        ),
+        (
+            "[logs]\nkeep = 4294967295\n",
+            &["'keep' = 4294967295 in [logs]", "0 to 100"],
+        ),
+        (
+            "[logs]\nkeep = 99999999999999999999\n",
+            &["'keep'", "[logs]"],
+        ),
+        (
+            "[restart]\nattempts = 4294967296\n",
+            &["'attempts' = 4294967296 in [restart]", "0 to 10000"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let line = text.lines().count();
+        assert_error(text, Some(line), needles);
+    }
+    // A huge value is echoed cut, on one line.
+    let huge = format!("health-interval = \"{}d\"\n", "9".repeat(100_000));
+    let message = parse(&huge).unwrap_err().to_string();
+    assert!(message.len() < 600, "{} bytes", message.len());
+}
+
+/// Accepted edge values arrive unchanged in the config, in the types psm
+/// keeps them in.
+#[test]
+fn bounded_values_are_kept() {
+    let text = "health-interval = \"10ms\"\n[restart]\nbase = \"0s\"\nstable-after = \"0s\"\nattempts = 10000\n[logs]\nmax-size = 68719476736\nkeep = 100\n[control]\nmax-connections = 1\nidle-timeout = \"250ms\"\n";
+    let config = parse(text).unwrap();
+    assert_eq!(config.health_interval, Duration::from_millis(10));
+    assert_eq!(config.restart.base, Duration::ZERO);
+    assert_eq!(config.restart.stable_after, Duration::ZERO);
+    assert_eq!(config.restart.attempts, 10_000);
+    assert_eq!(config.logs.max_size, 64 << 30);
+    assert_eq!(config.logs.keep, 100);
+    assert_eq!(
+        config.control,
+        ControlPolicy {
+            max_connections: 1,
+            idle_timeout: Duration::from_millis(250)
+        }
+    );
+    assert_eq!(Config::empty().control, ControlPolicy::default());
+}
+
+/// The README's config reference lists every bound with the same range.
+#[test]
+fn readme_lists_every_bound() {
+    let readme = include_str!("../../README.md");
+    for key in Key::ALL {
+        let name = format!("`{}`", key.name());
+        let range = key.range().to_string();
+        assert!(
+            readme
+                .lines()
+                .any(|l| l.starts_with('|') && l.contains(&name) && l.contains(&range)),
+            "README has no bounds row with {name} and {range}"
+        );
+    }
 }

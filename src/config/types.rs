@@ -25,6 +25,7 @@ pub struct Config {
     /// The file's `[restart]`, i.e. the defaults before per-service overrides.
     pub restart: RestartPolicy,
     pub logs: LogPolicy,
+    pub control: ControlPolicy,
     pub services: Vec<ServiceSpec>,
 }
 
@@ -64,6 +65,25 @@ impl Default for LogPolicy {
         LogPolicy {
             max_size: 10 * 1024 * 1024,
             keep: 3,
+        }
+    }
+}
+
+/// Limits of the control socket (`[control]`). Read when the coordinator
+/// starts; a reload does not change them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlPolicy {
+    /// Connections served at once; one more is told "busy" and closed.
+    pub max_connections: u32,
+    /// A connection that sends no complete request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ControlPolicy {
+    fn default() -> Self {
+        ControlPolicy {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -125,6 +145,7 @@ impl Config {
             projects: Vec::new(),
             restart: RestartPolicy::default(),
             logs: LogPolicy::default(),
+            control: ControlPolicy::default(),
             services: Vec::new(),
         }
     }

@@ -10,9 +10,13 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use toml::Spanned;
 
-use super::parse::{line_of, Ctx, RawConfig, RawHealth, RawService};
-use super::{Config, ConfigError, HealthSpec, LogPolicy, RestartPolicy, ServiceSpec, DEFAULT_KIND};
-use crate::input::validate_name;
+use super::bounds::{Key, Range};
+use super::parse::{line_of, Ctx, Human, RawConfig, RawHealth, RawRestart, RawService};
+use super::{
+    Config, ConfigError, ControlPolicy, HealthSpec, LogPolicy, RestartPolicy, ServiceSpec,
+    DEFAULT_KIND,
+};
+use crate::input::{shown, validate_name};
 use crate::process::signal::parse_signal;
 use crate::registry::ServiceType;
 
@@ -20,31 +24,45 @@ impl Ctx<'_> {
     pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let mut config = Config::empty();
         config.source = Some(self.path.to_path_buf());
-        if let Some(interval) = raw.health_interval {
-            if interval.get_ref().0.is_zero() {
-                return Err(self.error(
-                    Some(interval.span().start),
-                    "'health-interval' must be greater than 0: it is the period of health checks and heartbeats; use e.g. \"15s\"".into(),
-                ));
-            }
-            config.health_interval = interval.into_inner().0;
-        }
+        let top = "the top level";
+        config.health_interval = self.duration(
+            Key::HealthInterval,
+            raw.health_interval,
+            config.health_interval,
+            top,
+        )?;
         for entry in raw.projects {
             if !Path::new(entry.get_ref()).is_absolute() {
                 return Err(self.error(
                     Some(entry.span().start),
                     format!(
                         "'projects' entry '{}' is not absolute: give the full path of the project directory",
-                        entry.get_ref()
+                        shown(entry.get_ref())
                     ),
                 ));
             }
             config.projects.push(PathBuf::from(entry.into_inner()));
         }
-        config.restart = raw.restart.over(RestartPolicy::default());
+        config.restart = self.restart(raw.restart, RestartPolicy::default(), "[restart]")?;
+        let (logs, defaults) = (raw.logs, LogPolicy::default());
         config.logs = LogPolicy {
-            max_size: raw.logs.max_size.unwrap_or(config.logs.max_size),
-            keep: raw.logs.keep.unwrap_or(config.logs.keep),
+            max_size: self.count(Key::LogMaxSize, logs.max_size, defaults.max_size, "[logs]")?,
+            keep: self.count(Key::LogKeep, logs.keep, defaults.keep, "[logs]")?,
+        };
+        let (control, defaults) = (raw.control, ControlPolicy::default());
+        config.control = ControlPolicy {
+            max_connections: self.count(
+                Key::ControlMaxConnections,
+                control.max_connections,
+                defaults.max_connections,
+                "[control]",
+            )?,
+            idle_timeout: self.duration(
+                Key::ControlIdleTimeout,
+                control.idle_timeout,
+                defaults.idle_timeout,
+                "[control]",
+            )?,
         };
         // (type, name) → line of the first definition, for duplicate messages.
         let mut seen: BTreeMap<(ServiceType, String), usize> = BTreeMap::new();
@@ -86,7 +104,7 @@ impl Ctx<'_> {
                     Some(type_at),
                     format!(
                         "unknown 'type' '{}' in {within}: use global or per-project",
-                        raw.service_type.get_ref()
+                        shown(raw.service_type.get_ref())
                     ),
                 ))
             }
@@ -114,7 +132,7 @@ impl Ctx<'_> {
             if bad {
                 return Err(self.error(
                     Some(key.span().start),
-                    format!("invalid variable name '{}' in 'env' of {within}: use a name without '=' or NUL", key.get_ref()),
+                    format!("invalid variable name '{}' in 'env' of {within}: use a name without '=' or NUL", shown(key.get_ref())),
                 ));
             }
             env.insert(key.into_inner(), value);
@@ -130,7 +148,7 @@ impl Ctx<'_> {
             Some(s) => parse_signal(s.get_ref()).ok_or_else(|| {
                 self.error(
                     Some(s.span().start),
-                    format!("unknown signal '{}' for 'stop-signal' in {within}: use a name like TERM, INT, HUP, QUIT or a number", s.get_ref()),
+                    format!("unknown signal '{}' for 'stop-signal' in {within}: use a name like TERM, INT, HUP, QUIT or a number", shown(s.get_ref())),
                 )
             })?,
         };
@@ -148,7 +166,20 @@ impl Ctx<'_> {
             }
         };
 
+        let restart = self.restart(raw.restart, defaults, &format!("'restart' of {within}"))?;
         Ok(ServiceSpec {
+            start_period: self.duration(
+                Key::StartPeriod,
+                raw.start_period,
+                Duration::ZERO,
+                &within,
+            )?,
+            stop_timeout: self.duration(
+                Key::StopTimeout,
+                raw.stop_timeout,
+                Duration::from_secs(2),
+                &within,
+            )?,
             name,
             service_type,
             kind,
@@ -156,16 +187,15 @@ impl Ctx<'_> {
             cwd: raw.cwd,
             env,
             health,
-            start_period: raw.start_period.map_or(Duration::ZERO, |h| h.0),
             stop_signal,
-            stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(2), |h| h.0),
-            restart: raw.restart.over(defaults),
+            restart,
             options: Value::Object(raw.options.unwrap_or_default()),
         })
     }
 
     fn health(&self, raw: Spanned<RawHealth>, within: &str) -> Result<HealthSpec, ConfigError> {
         let at = raw.span().start;
+        let in_health = format!("'health' of {within}");
         let raw = raw.into_inner();
         let forms: Vec<&str> = [
             raw.port.as_ref().map(|_| "port"),
@@ -204,21 +234,18 @@ impl Ctx<'_> {
             ));
         }
         match (raw.port, raw.file, raw.probe) {
-            (Some(port), _, _) => {
-                if *port.get_ref() == 0 {
-                    return Err(self.error(
-                        Some(port.span().start),
-                        format!("'port' 0 in 'health' of {within}: use a port from 1 to 65535"),
-                    ));
-                }
-                Ok(HealthSpec::Port {
-                    host: raw.host.unwrap_or_else(|| "127.0.0.1".into()),
-                    port: port.into_inner(),
-                })
-            }
+            (Some(port), _, _) => Ok(HealthSpec::Port {
+                port: self.count(Key::HealthPort, Some(port), 0, &in_health)?,
+                host: raw.host.unwrap_or_else(|| "127.0.0.1".into()),
+            }),
             (_, Some(path), _) => Ok(HealthSpec::File {
                 path,
-                max_age: raw.max_age.map_or(Duration::from_secs(30), |h| h.0),
+                max_age: self.duration(
+                    Key::HealthMaxAge,
+                    raw.max_age,
+                    Duration::from_secs(30),
+                    &in_health,
+                )?,
             }),
             (_, _, Some(probe)) => {
                 if let Err(e) = validate_name("probe name", probe.get_ref()) {
@@ -235,5 +262,82 @@ impl Ctx<'_> {
             // Ruled out by the count of forms above.
             (None, None, None) => fail("'health' has no form".into()),
         }
+    }
+
+    /// A `[restart]` table (the file's, or a service's override) over `base`.
+    fn restart(
+        &self,
+        raw: RawRestart,
+        base: RestartPolicy,
+        within: &str,
+    ) -> Result<RestartPolicy, ConfigError> {
+        Ok(RestartPolicy {
+            base: self.duration(Key::RestartBase, raw.base, base.base, within)?,
+            max: self.duration(Key::RestartMax, raw.max, base.max, within)?,
+            attempts: self.count(Key::RestartAttempts, raw.attempts, base.attempts, within)?,
+            stable_after: self.duration(
+                Key::StableAfter,
+                raw.stable_after,
+                base.stable_after,
+                within,
+            )?,
+        })
+    }
+
+    /// A duration key within its bounds, or `default` when absent.
+    fn duration(
+        &self,
+        key: Key,
+        raw: Option<Spanned<Human>>,
+        default: Duration,
+        within: &str,
+    ) -> Result<Duration, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        match key.check_duration(raw.get_ref().0) {
+            Ok(()) => Ok(raw.into_inner().0),
+            Err(range) => Err(self.out_of_range(key, raw.span(), range, within)),
+        }
+    }
+
+    /// A count key within its bounds, as the type psm keeps it in, or
+    /// `default` when absent. Every range of the table fits its key's type
+    /// (a test proves it), so the conversion fails only with the bound.
+    fn count<T: TryFrom<i64>>(
+        &self,
+        key: Key,
+        raw: Option<Spanned<i64>>,
+        default: T,
+        within: &str,
+    ) -> Result<T, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        let value = *raw.get_ref();
+        match key.check_count(value) {
+            Ok(()) => T::try_from(value)
+                .map_err(|_| self.out_of_range(key, raw.span(), key.range(), within)),
+            Err(range) => Err(self.out_of_range(key, raw.span(), range, within)),
+        }
+    }
+
+    /// "'keep' = 4294967295 in [logs] is out of range: use a value from 0 to 100".
+    fn out_of_range(
+        &self,
+        key: Key,
+        span: std::ops::Range<usize>,
+        range: Range,
+        within: &str,
+    ) -> ConfigError {
+        let written = self.text.get(span.clone()).unwrap_or("?");
+        self.error(
+            Some(span.start),
+            format!(
+                "'{}' = {} in {within} is out of range: use a value from {range}",
+                key.name(),
+                shown(written)
+            ),
+        )
     }
 }

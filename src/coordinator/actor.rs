@@ -404,22 +404,10 @@ impl CoordinatorActor {
         stops
     }
 
-    /// Rotation copies up to `max-size` bytes per log: done on a blocking
-    /// thread so no actor waits for it.
+    /// Rotation itself is done promptly by the log size watch's own thread
+    /// (`logs::SizeWatch`); each tick hands it the current config's policy.
     fn rotate_logs(&self) {
-        let policy = self.config.logs;
-        let logs: Vec<PathBuf> = self
-            .services
-            .values()
-            .map(|m| self.paths.service_log(&m.instance.label))
-            .collect();
-        actix_rt::task::spawn_blocking(move || {
-            for path in logs {
-                if let Err(e) = crate::logs::rotate_if_needed(&path, policy.max_size, policy.keep) {
-                    warn!(log = %path.display(), error = %e, "log rotation failed");
-                }
-            }
-        });
+        crate::logs::set_policy(self.config.logs.max_size, self.config.logs.keep);
     }
 
     /// The managed instances a request names; every instance of the name
@@ -631,7 +619,10 @@ impl CoordinatorActor {
             match Config::load(&self.config_path) {
                 Ok(c) => c,
                 Err(e) => {
-                    let msg = format!("reload refused, the running config stays: {e}");
+                    let msg = format!(
+                        "reload refused, the running config stays: {:#}",
+                        anyhow::Error::from(e)
+                    );
                     error!("{msg}");
                     return Box::pin(fut::ready(Response::error(msg)));
                 }
@@ -713,11 +704,11 @@ fn no_such_service(target: &Target) -> Response {
     let scope = target
         .project
         .as_deref()
-        .map(|p| format!(" for project {p}"))
+        .map(|p| format!(" for project {}", crate::input::shown(p)))
         .unwrap_or_default();
     Response::error(format!(
         "no configured service named '{}'{scope}; see psm.toml or `psm status`",
-        target.service
+        crate::input::shown(&target.service)
     ))
 }
 

@@ -1,23 +1,44 @@
-//! The control socket: `<root>/.psm/coordinator.sock`, mode 0600 inside the
-//! 0700 runtime directory, and a peer-credential check on every connection,
-//! so only the coordinator's own user can control it. One JSON request per
-//! line, one JSON response per line.
+//! The control socket: [`Paths::control_socket`], mode 0600 inside a 0700
+//! directory, and a peer-credential check on every connection, so only the
+//! coordinator's own user can control it. One JSON request per line, one JSON
+//! response per line (`protocol`).
+//!
+//! Whatever clients do, the socket costs the coordinator a bounded amount
+//! (issue 9 §4), because it shares the actor thread and the file-descriptor
+//! table with supervision:
+//! - at most [`connection_cap`] connections are served at once; one more is
+//!   answered "busy" and closed at once, so a crowd of idle clients cannot
+//!   take the descriptors that spawning and logging need;
+//! - a connection that sends no complete request for `[control] idle-timeout`
+//!   is closed, and so is one that does not read its replies for as long;
+//! - a request line is read through a codec with a maximum length: a longer
+//!   one is answered with an error and the connection closed;
+//! - when `accept` itself fails (EMFILE, ENFILE, ENOBUFS, …) the loop backs off
+//!   ([`accept_delay`]) instead of retrying at once. A failing accept returns
+//!   without waiting, so an immediate retry never yields: the loop would spin
+//!   a core, starve every actor on the thread (no restarts, no heartbeat) and
+//!   log each failure. Each burst of failures is logged once ([`Burst`]).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Addr;
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{debug, warn};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tracing::{debug, info, warn};
 
 use super::actor::{Control, CoordinatorActor};
-use super::protocol::{Request, Response};
+use super::protocol::{parse_request, Response, MAX_REQUEST_LINE};
+use crate::config::ControlPolicy;
 use crate::paths::Paths;
-
-/// The longest request line accepted; anything longer is not ours.
-const MAX_LINE: u64 = 64 * 1024;
 
 /// Binds the socket (before the runtime starts, so errors surface at once).
 /// A socket file left by a dead coordinator is replaced: we hold the
@@ -33,7 +54,17 @@ pub fn bind(paths: &Paths) -> anyhow::Result<std::os::unix::net::UnixListener> {
 }
 
 /// Accepts connections for as long as the system runs.
-pub fn serve(listener: std::os::unix::net::UnixListener, coordinator: Addr<CoordinatorActor>) {
+pub fn serve(
+    listener: std::os::unix::net::UnixListener,
+    coordinator: Addr<CoordinatorActor>,
+    limits: ControlPolicy,
+) {
+    let cap = connection_cap(limits.max_connections, open_file_limit());
+    info!(
+        max_connections = cap,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        "control socket limits"
+    );
     actix_rt::spawn(async move {
         let listener = match UnixListener::from_std(listener) {
             Ok(l) => l,
@@ -42,18 +73,117 @@ pub fn serve(listener: std::os::unix::net::UnixListener, coordinator: Addr<Coord
                 return;
             }
         };
+        let slots = Arc::new(Semaphore::new(cap));
+        let mut failures = Burst::default();
+        let mut refusals = Burst::default();
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    actix_rt::spawn(connection(stream, coordinator.clone()));
+                    if let Some(n) = failures.end() {
+                        info!(failures = n, "accepting control connections again");
+                    }
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            if let Some(n) = refusals.end() {
+                                info!(refused = n, "serving control connections again");
+                            }
+                            let idle = limits.idle_timeout;
+                            actix_rt::spawn(connection(stream, coordinator.clone(), idle, slot));
+                        }
+                        Err(_) => {
+                            if refusals.event() {
+                                warn!(
+                                    max_connections = cap,
+                                    "control connections at their cap; refusing more as busy (logged once per burst)"
+                                );
+                            }
+                            refuse_busy(&stream, cap);
+                        }
+                    }
                 }
-                Err(e) => warn!(error = %e, "accept failed"),
+                Err(e) => {
+                    let first = failures.event();
+                    let delay = accept_delay(failures.count);
+                    if first {
+                        warn!(error = %e, "accept failed; backing off up to 1s between tries (logged once per burst)");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     });
 }
 
-async fn connection(stream: UnixStream, coordinator: Addr<CoordinatorActor>) {
+/// Connections served at once: the configured cap, but never more than a
+/// quarter of the open-file limit, so connections alone can never exhaust
+/// the descriptors supervision needs (macOS's default limit is 256).
+pub fn connection_cap(configured: u32, open_files: Option<u64>) -> usize {
+    let share = open_files.map_or(u64::MAX, |n| n / 4).max(1);
+    (u64::from(configured).min(share)).max(1) as usize
+}
+
+/// The soft RLIMIT_NOFILE, if it is finite and readable.
+fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// The wait before the next accept after `failures` failures in a row:
+/// 10 ms, doubling, at most 1 s — quick to recover once descriptors free up,
+/// and at most a thousand wasted wake-ups over a long exhaustion.
+pub fn accept_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(7);
+    Duration::from_millis(10 << doublings).min(Duration::from_secs(1))
+}
+
+/// Events of one kind in a row, so that a burst is logged once rather than
+/// once per event (the old accept loop wrote ~70 MB/s of the same line).
+#[derive(Debug, Default)]
+pub struct Burst {
+    /// Events since the burst began; 0 outside a burst.
+    pub count: u32,
+}
+
+impl Burst {
+    /// Counts one event; true for the first of a burst, the one to log.
+    pub fn event(&mut self) -> bool {
+        self.count = self.count.saturating_add(1);
+        self.count == 1
+    }
+
+    /// Ends the burst, returning its size if there was one.
+    pub fn end(&mut self) -> Option<u32> {
+        let n = std::mem::take(&mut self.count);
+        (n > 0).then_some(n)
+    }
+}
+
+/// Tells a client over the cap why it is turned away, without waiting: the
+/// reply is one short line into an empty socket buffer; if it does not fit,
+/// the client sees the connection close, which says as much.
+/// The pid in `data` still tells a watchdog's ping that the coordinator is
+/// alive and answering.
+fn refuse_busy(stream: &UnixStream, cap: usize) {
+    let response = Response {
+        data: serde_json::json!({ "pid": std::process::id(), "busy": true }),
+        ..Response::error(format!(
+            "busy: the coordinator already serves {cap} control connections; try again shortly"
+        ))
+    };
+    let _ = stream.try_write(&line_of(&response));
+}
+
+async fn connection(
+    stream: UnixStream,
+    coordinator: Addr<CoordinatorActor>,
+    idle: Duration,
+    _slot: OwnedSemaphorePermit,
+) {
     let me = nix::unistd::geteuid().as_raw();
     let peer = stream.peer_cred().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
@@ -61,14 +191,46 @@ async fn connection(stream: UnixStream, coordinator: Addr<CoordinatorActor>) {
         warn!(peer = ?peer.map_err(|e| e.to_string()), "refused a control connection from another user");
         let _ = reply(
             &mut write,
+            idle,
             &Response::error("refused: not the coordinator's user"),
         )
         .await;
         return;
     }
-    let mut lines = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE)).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let response = match serde_json::from_str::<Request>(&line) {
+    let mut requests = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_REQUEST_LINE));
+    loop {
+        let line = match timeout(idle, requests.next()).await {
+            Ok(Some(Ok(line))) => line,
+            Ok(None) => return,
+            // After any decoding error the stream ends, so each closes.
+            Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+                let message = format!(
+                    "bad request: longer than {MAX_REQUEST_LINE} bytes; closing the connection"
+                );
+                let _ = reply(&mut write, idle, &Response::error(message)).await;
+                return;
+            }
+            Ok(Some(Err(LinesCodecError::Io(e)))) => {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    let message = "bad request: not UTF-8; closing the connection";
+                    let _ = reply(&mut write, idle, &Response::error(message)).await;
+                }
+                return;
+            }
+            Err(_) => {
+                debug!(
+                    idle_ms = idle.as_millis() as u64,
+                    "closing an idle control connection"
+                );
+                let message = format!(
+                    "closed: no request within {}",
+                    humantime::format_duration(idle)
+                );
+                let _ = reply(&mut write, idle, &Response::error(message)).await;
+                return;
+            }
+        };
+        let response = match parse_request(&line) {
             Ok(req) => {
                 debug!(?req, "control request");
                 coordinator
@@ -76,20 +238,90 @@ async fn connection(stream: UnixStream, coordinator: Addr<CoordinatorActor>) {
                     .await
                     .unwrap_or_else(|_| Response::error("the coordinator is stopping"))
             }
-            Err(e) => Response::error(format!("bad request: {e}")),
+            Err(response) => response,
         };
-        if reply(&mut write, &response).await.is_err() {
+        if reply(&mut write, idle, &response).await.is_err() {
             return;
         }
     }
 }
 
-async fn reply(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    response: &Response,
-) -> std::io::Result<()> {
+/// Writes one response line; a client that does not read it within `idle`
+/// is as good as gone.
+async fn reply(write: &mut OwnedWriteHalf, idle: Duration, response: &Response) -> Result<(), ()> {
+    match timeout(idle, write.write_all(&line_of(response))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn line_of(response: &Response) -> Vec<u8> {
     // Serializing a Response cannot fail: strings and JSON values only.
     let mut line = serde_json::to_vec(response).expect("serializable");
     line.push(b'\n');
-    write.write_all(&line).await
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configured cap, limited to a quarter of the open-file limit.
+    #[test]
+    fn connection_cap_table() {
+        // (configured, RLIMIT_NOFILE, expected)
+        let table = [
+            (64, Some(1024), 64),
+            (64, Some(256), 64),
+            (64, Some(200), 50),
+            (1024, Some(256), 64),
+            (64, None, 64),
+            (1, Some(1_000_000), 1),
+            (64, Some(3), 1),
+            (64, Some(0), 1),
+        ];
+        for (configured, limit, expected) in table {
+            assert_eq!(
+                connection_cap(configured, limit),
+                expected,
+                "{configured} {limit:?}"
+            );
+        }
+    }
+
+    /// 10 ms doubling to 1 s, whatever the count.
+    #[test]
+    fn accept_delay_table() {
+        let table = [
+            (0, 10),
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (7, 640),
+            (8, 1000),
+            (9, 1000),
+            (u32::MAX, 1000),
+        ];
+        for (failures, ms) in table {
+            assert_eq!(
+                accept_delay(failures),
+                Duration::from_millis(ms),
+                "{failures}"
+            );
+        }
+    }
+
+    /// Only the first event of a burst is logged; the end reports its size.
+    #[test]
+    fn bursts_log_once() {
+        let mut burst = Burst::default();
+        assert_eq!(burst.end(), None);
+        let logged: Vec<bool> = (0..5).map(|_| burst.event()).collect();
+        assert_eq!(logged, [true, false, false, false, false]);
+        assert_eq!(burst.end(), Some(5));
+        assert_eq!(burst.end(), None);
+        assert!(burst.event(), "a new burst logs again");
+        burst.count = u32::MAX;
+        assert!(!burst.event(), "saturates, never wraps to a new first");
+    }
 }

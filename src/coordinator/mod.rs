@@ -22,9 +22,9 @@ mod control;
 mod plan;
 pub mod protocol;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
@@ -106,16 +106,10 @@ impl DownMark {
             "stopped by `psm down` (pid {}) at {stamp}\n",
             std::process::id()
         );
-        let _ = fs::remove_file(&path);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("writing the down mark {}", path.display()))?;
-        file.write_all(note.as_bytes())?;
-        file.sync_all()
+        // Through `.psm`'s fd (refused if it is a link): a new file renamed
+        // over the name, so a planted link is replaced, never written through.
+        let dir = crate::fsx::Dir::own(&paths.runtime_dir(), true, true)?;
+        dir.replace(path.file_name().unwrap_or_default(), note.as_bytes())
             .with_context(|| format!("writing the down mark {}", path.display()))
     }
 
@@ -126,7 +120,9 @@ impl DownMark {
         if fs::symlink_metadata(&path).is_err() {
             return Ok(());
         }
-        match fs::remove_file(&path) {
+        let removed = crate::fsx::Dir::own(&paths.runtime_dir(), false, false)
+            .and_then(|dir| dir.remove(path.file_name().unwrap_or_default()).map(drop));
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing the down mark {}", path.display())),
@@ -137,11 +133,7 @@ impl DownMark {
 /// The first 512 bytes of the mark; never blocks, never follows a symlink
 /// (the file may have been swapped since it was looked at).
 fn read_note(path: &Path) -> Option<String> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
+    let file = crate::fsx::open_file(path, crate::fsx::How::Read).ok()?;
     let mut text = String::new();
     file.take(512).read_to_string(&mut text).ok()?;
     Some(text)
@@ -155,16 +147,14 @@ pub struct CoordinatorLock {
 impl CoordinatorLock {
     /// Takes the lock without waiting, or reports who holds it.
     pub fn acquire(paths: &Paths) -> anyhow::Result<Result<Self, Option<i32>>> {
-        ensure_runtime_dir(paths)?;
-        let path = paths.coordinator_lock();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        // A real directory of ours, made 0700 through its fd: a `.psm` that
+        // is a link (or not ours) is refused, never chmodded or written into.
+        let mut file = crate::fsx::open_in_own_dir(
+            &paths.coordinator_lock(),
+            true,
+            true,
+            crate::fsx::How::ReadWrite,
+        )?;
         if FileExt::try_lock_exclusive(&file).is_err() {
             return Ok(Err(read_holder(&mut file)));
         }
@@ -177,31 +167,20 @@ impl CoordinatorLock {
 
     /// The pid of the coordinator holding the lock, if one does.
     pub fn holder(paths: &Paths) -> Option<Option<i32>> {
-        // Non-blocking: a FIFO at the lock's path must not hang `down`, `up`
-        // or the watchdog (flock works on it; nobody holds it).
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(paths.coordinator_lock())
-            .ok()?;
+        // Without following links: a planted `.psm` link reads as "no
+        // coordinator", and starting one then refuses the link.
+        let mut file = crate::fsx::open_in_own_dir(
+            &paths.coordinator_lock(),
+            false,
+            false,
+            crate::fsx::How::Read,
+        )
+        .ok()?;
         if FileExt::try_lock_shared(&file).is_ok() {
             return None;
         }
         Some(read_holder(&mut file))
     }
-}
-
-/// Creates `<root>/.psm` (0700) if needed.
-fn ensure_runtime_dir(paths: &Paths) -> anyhow::Result<()> {
-    let dir = paths.runtime_dir();
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("creating runtime directory {}", dir.display()))?;
-    // An existing directory keeps its mode; ours must be private.
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("securing {}", dir.display()))
 }
 
 /// Serialises `psm up` and `psm down` on one root: each holds it for its
@@ -216,17 +195,8 @@ pub struct UpDownLock {
 impl UpDownLock {
     /// Waits up to `patience` for the lock.
     pub fn acquire(paths: &Paths, patience: std::time::Duration) -> anyhow::Result<Self> {
-        ensure_runtime_dir(paths)?;
         let path = paths.updown_lock();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = crate::fsx::open_in_own_dir(&path, true, true, crate::fsx::How::ReadWrite)?;
         let deadline = std::time::Instant::now() + patience;
         while FileExt::try_lock_exclusive(&file).is_err() {
             if std::time::Instant::now() >= deadline {
@@ -325,6 +295,9 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         Ok(lock) => lock,
         Err(pid) => return Ok(Outcome::AlreadyRunning(pid)),
     };
+    // A registry that is a link, a FIFO or the seed's lock directory would
+    // fail every write: say so now instead of running blind.
+    Store::new(settings.paths.clone()).check_usable()?;
     // Under the lock, so `up` and the watchdog cannot both decide.
     if settings.respect_down {
         if let Some(mark) = DownMark::read(&settings.paths) {
@@ -338,11 +311,18 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         .context("creating the log directory")?;
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths)?;
+    // Logs are kept within max-size as they are written, by a thread of
+    // their own (see `logs::SizeWatch`); the actor publishes reloads.
+    let logs = settings.config.logs;
+    crate::logs::set_policy(logs.max_size, logs.keep);
+    let _log_watch = crate::logs::SizeWatch::start(settings.paths.logs_dir())
+        .context("starting the log size watch")?;
 
+    let control_limits = settings.config.control;
     let system = System::new();
     let registry_thread = Arbiter::new();
     system.block_on(async {
-        let store = Store::new(settings.paths.clone());
+        let store = Store::patient(settings.paths.clone());
         let registry = RegistryActor::start_in_arbiter(&registry_thread.handle(), move |_| {
             RegistryActor::new(store)
         });
@@ -354,7 +334,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
             registry,
         )
         .start();
-        control::serve(listener, coordinator.clone());
+        control::serve(listener, coordinator.clone(), control_limits);
         actor::forward_signals(coordinator);
     });
     info!(root = %settings.paths.root().display(), pid = std::process::id(), "coordinator running");

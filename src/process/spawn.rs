@@ -4,9 +4,8 @@
 //! never gets SIGPIPE from it.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,19 +21,11 @@ pub struct DetachedSpec {
 }
 
 /// Opens (creating, mode 0600) a log file for appending, creating its
-/// directory if needed.
+/// directory (0700) if needed. The directory must be a real one the user
+/// owns and the file a regular file: a planted link or FIFO is refused
+/// (see [`crate::fsx`]), so service output never lands outside the root.
 pub fn open_log(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
+    crate::fsx::open_log(path)
 }
 
 /// Builds the command: new session, /dev/null stdin, output to the log.

@@ -80,6 +80,19 @@ impl Snapshot {
         }
     }
 
+    /// Whether `id` ran, and was not a zombie, when the snapshot was taken:
+    /// [`Identity::is_alive`] without reading the process again.
+    pub fn is_alive(&self, id: Identity) -> bool {
+        self.procs
+            .get(&id.pid)
+            .is_some_and(|p| p.start_time == id.start_time && !p.zombie)
+    }
+
+    /// How many processes the snapshot holds.
+    pub fn processes(&self) -> usize {
+        self.procs.len()
+    }
+
     /// Names every service's leader: a walk does not descend into another
     /// service's tree (the coordinator's children are the services it
     /// runs), so each process counts once, for the service nearest to it.
@@ -205,16 +218,45 @@ mod platform {
             page: page.max(1) as u64,
             uptime_ns: uptime_ns(),
         };
+        let pids: Vec<i32> = dir
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .collect();
+        // Each read costs the kernel a few microseconds (most of a
+        // snapshot's time), so large tables are read on every core.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(pids.len() / MIN_PER_THREAD)
+            .clamp(1, 8);
+        let chunk = pids.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = pids
+                .chunks(chunk)
+                .map(|part| scope.spawn(|| read_some(part, &units)))
+                .collect();
+            workers
+                .into_iter()
+                // A reader thread only parses; it has nothing that panics.
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Below this many processes per thread, a thread costs more than it saves.
+    const MIN_PER_THREAD: usize = 256;
+
+    fn read_some(pids: &[i32], units: &Units) -> Vec<(i32, ProcStat)> {
         let mut buf = [0u8; 1024];
-        dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(|pid| {
-                // One read into a stack buffer, as `ProcInfo::read` does: a
-                // stat line is a few hundred bytes.
-                let n = std::fs::File::open(format!("/proc/{pid}/stat"))
-                    .ok()?
-                    .read(&mut buf)
-                    .ok()?;
-                Some((pid, parse_stat(&buf[..n], &units)?))
+        let mut path = String::with_capacity(32);
+        pids.iter()
+            .filter_map(|&pid| {
+                use std::fmt::Write;
+                // One read into a stack buffer through a reused path, as
+                // `ProcInfo::read` does: a stat line is a few hundred bytes,
+                // and this runs once per process on the machine.
+                path.clear();
+                let _ = write!(path, "/proc/{pid}/stat");
+                let n = std::fs::File::open(&path).ok()?.read(&mut buf).ok()?;
+                Some((pid, parse_stat(&buf[..n], units)?))
             })
             .collect()
     }
@@ -238,17 +280,23 @@ mod platform {
     pub fn parse_stat(stat: &[u8], units: &Units) -> Option<ProcStat> {
         let close = stat.iter().rposition(|&b| b == b')')?;
         let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-        let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-        // fields[0] is field 3 (state), so field N is fields[N - 3].
-        let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
-        let state = *fields.first()?;
-        let start_time = field(22)?;
+        // One pass, no allocation: field N (1-based) is the (N - 3)th after
+        // the name, since the name is field 2.
+        let mut fields = rest.split_ascii_whitespace();
+        let state = fields.next()?; // 3
+        let ppid = fields.next()?.parse().ok()?; // 4
+        let mut fields = fields.skip(14 - 5);
+        let utime: u64 = fields.next()?.parse().ok()?; // 14
+        let stime: u64 = fields.next()?.parse().ok()?; // 15
+        let mut fields = fields.skip(22 - 16);
+        let start_time: u64 = fields.next()?.parse().ok()?; // 22
+        let rss: u64 = fields.nth(24 - 23)?.parse().ok()?; // 24
         Some(ProcStat {
-            ppid: fields.get(4 - 3)?.parse().ok()?,
+            ppid,
             start_time,
-            cpu_ns: (field(14)? + field(15)?) * units.tick_ns,
+            cpu_ns: (utime + stime) * units.tick_ns,
             age_ns: units.uptime_ns.saturating_sub(start_time * units.tick_ns),
-            rss: field(24)? * units.page,
+            rss: rss * units.page,
             zombie: state == "Z" || state == "X",
         })
     }
@@ -262,19 +310,7 @@ mod platform {
     use crate::process::macos;
 
     pub fn read_all() -> HashMap<i32, ProcStat> {
-        // Task times are in Mach absolute time units: nanoseconds on Intel,
-        // ticks of a slower clock on Apple silicon.
-        let mut base = libc::mach_timebase_info { numer: 0, denom: 0 };
-        // SAFETY: fills in the struct it is given.
-        #[allow(deprecated)]
-        unsafe {
-            libc::mach_timebase_info(&mut base)
-        };
-        let (numer, denom) = if base.denom == 0 {
-            (1, 1)
-        } else {
-            (base.numer as u64, base.denom as u64)
-        };
+        let (numer, denom) = timebase();
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -305,6 +341,23 @@ mod platform {
                 ))
             })
             .collect()
+    }
+
+    /// Task times are in Mach absolute time units (nanoseconds on Intel,
+    /// ticks of a slower clock on Apple silicon): this many ns per `denom`
+    /// units, as (numer, denom). libc marks its Mach bindings deprecated in
+    /// favour of the `mach2` crate; for one call a dependency does not earn
+    /// its place.
+    #[allow(deprecated)]
+    fn timebase() -> (u64, u64) {
+        let mut base = libc::mach_timebase_info { numer: 0, denom: 0 };
+        // SAFETY: fills in the struct it is given.
+        unsafe { libc::mach_timebase_info(&mut base) };
+        if base.denom == 0 {
+            (1, 1)
+        } else {
+            (base.numer as u64, base.denom as u64)
+        }
     }
 
     /// One `proc_pidinfo` query of a plain-data struct `T`.
@@ -395,6 +448,7 @@ mod tests {
         ];
         for (what, leader, want) in cases {
             assert_eq!(pids(leader), want, "{what}");
+            assert_eq!(t.is_alive(leader), !want.is_empty(), "{what}");
         }
     }
 

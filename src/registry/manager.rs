@@ -388,10 +388,16 @@ fn same_process(a: &ServiceRecord, b: &ServiceRecord) -> bool {
 
 /// The health view of a registry, with liveness checked now.
 pub fn health_of(registry: &Registry) -> HealthStatus {
+    health_with(registry, |id| id.is_alive())
+}
+
+/// `health_of` with liveness decided by `alive`: `status` passes a process
+/// table it has already read for CPU and memory, so no process is read twice.
+pub fn health_with(registry: &Registry, alive: impl Fn(Identity) -> bool) -> HealthStatus {
     let details: Vec<ServiceHealth> = registry
         .services()
         .map(|(key, r)| {
-            let alive = r.is_alive();
+            let alive = r.identity().is_some_and(&alive);
             let status = if r.pid.is_some() && !alive {
                 status::DEAD.to_string()
             } else {
@@ -427,7 +433,7 @@ pub fn health_of(registry: &Registry) -> HealthStatus {
             pid: s.pid,
             project_path: s.project_path.clone(),
             start_time: s.start_time,
-            alive: s.is_alive(),
+            alive: s.identity().is_some_and(&alive),
             services: registry.services.sessions.get(id).map_or(0, BTreeMap::len),
         })
         .collect();

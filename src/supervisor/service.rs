@@ -37,7 +37,9 @@ use super::messages::{ProbeHealth, RestartService, StopService};
 use super::phase::{Action, Event, Lifecycle, Phase};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
-use crate::process::{detached_command, signal_tree, DetachedSpec, Identity};
+use crate::process::{
+    detached_command, signal_tree, terminate, DetachedSpec, Identity, ProcInfo, StopRequest,
+};
 use crate::registry::{status, RegistryHandle, RegistryOp, ServiceRecord};
 use crate::time::now_millis;
 
@@ -80,6 +82,9 @@ pub struct ServiceActor {
     /// `None` for an adopted process whose record had none.
     started_from: Option<String>,
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// Descendants of the run being stopped that left its process group:
+    /// signalled with it, ended before the stop is confirmed.
+    escaped: Vec<Identity>,
     span: tracing::Span,
 }
 
@@ -105,6 +110,7 @@ impl ServiceActor {
             backoff: None,
             started_from: None,
             stop_waiters: Vec::new(),
+            escaped: Vec::new(),
             span,
         }
     }
@@ -294,6 +300,7 @@ impl ServiceActor {
             Action::Spawn => {
                 if before == Phase::Restarting {
                     info!(how, "restarting on request");
+                    self.end_escaped();
                 }
                 self.spawn(ctx);
             }
@@ -412,7 +419,23 @@ impl ServiceActor {
     /// The stop signal to the run's group now, SIGKILL after the stop
     /// timeout if that run is still the current one. The exit is handled
     /// where every exit is: `exited`.
-    fn signal_stop(&self, run: Run, ctx: &mut Context<Self>) {
+    ///
+    /// Descendants that left the group (`setsid`, often with a cleared
+    /// environment) are not reached by the group signal. While the leader
+    /// runs they are still found through parenthood: they get the stop
+    /// signal by their own identity too, and the stop is finished only once
+    /// they are gone as well (`finish_stop`).
+    fn signal_stop(&mut self, run: Run, ctx: &mut Context<Self>) {
+        let leader = run.identity.pid;
+        for escaped in crate::process::tree::descendants(run.identity) {
+            let left_group = ProcInfo::read(escaped.pid).is_some_and(|i| i.pgid != leader);
+            if left_group && !self.escaped.contains(&escaped) {
+                self.escaped.push(escaped);
+            }
+        }
+        for escaped in &self.escaped {
+            signal_tree(*escaped, None, self.inst.spec.stop_signal);
+        }
         signal_tree(
             run.identity,
             Some(run.identity.pid),
@@ -427,9 +450,41 @@ impl ServiceActor {
         });
     }
 
+    /// Ends the descendants that left the group (they had the stop signal
+    /// with the leader: SIGKILL for those still there after the stop
+    /// timeout), then writes the last record.
+    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
+        let escaped = std::mem::take(&mut self.escaped);
+        if escaped.is_empty() {
+            self.write_last_record(ctx);
+            return;
+        }
+        let (signal, grace) = (self.inst.spec.stop_signal, self.inst.spec.stop_timeout);
+        let ending = actix_rt::task::spawn_blocking(move || end_all(escaped, signal, grace));
+        ctx.spawn(
+            async move {
+                let _ = ending.await;
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| act.write_last_record(ctx)),
+        );
+    }
+
+    /// After a restart's stop: the escaped descendants of the old run had
+    /// its stop signal; those still there get SIGKILL after the stop
+    /// timeout, off the actor thread (the new run does not wait for them).
+    fn end_escaped(&mut self) {
+        let escaped = std::mem::take(&mut self.escaped);
+        if escaped.is_empty() {
+            return;
+        }
+        let (signal, grace) = (self.inst.spec.stop_signal, self.inst.spec.stop_timeout);
+        actix_rt::task::spawn_blocking(move || end_all(escaped, signal, grace));
+    }
+
     /// Writes the service's last record (`stopped`, or none), answers every
     /// stop request and ends the actor.
-    fn finish_stop(&mut self, ctx: &mut Context<Self>) {
+    fn write_last_record(&mut self, ctx: &mut Context<Self>) {
         let keep_record = matches!(self.state.phase, Phase::Stopped { keep_record: true });
         let op = if keep_record {
             RegistryOp::Upsert {
@@ -515,6 +570,19 @@ impl Handler<BackoffElapsed> for ServiceActor {
             self.backoff = None;
             self.on(Event::BackoffElapsed, "", ctx);
         }
+    }
+}
+
+/// Stops each process (blocking): `signal`, SIGKILL after `grace`.
+/// Identity-checked: one that is gone, or whose pid now names another
+/// process, is left alone.
+fn end_all(processes: Vec<Identity>, signal: Signal, grace: Duration) {
+    for identity in processes {
+        let req = StopRequest {
+            signal,
+            ..StopRequest::new(identity, None, grace)
+        };
+        terminate(&req);
     }
 }
 
