@@ -1,7 +1,8 @@
 //! Attacks on "down stays down" and the watchdog's ping, through the real
 //! binary: odd files where the down mark and the coordinator lock go, a
 //! coordinator that crashed before `down`, a stranger named in the lock file,
-//! and an impostor answering on the control socket.
+//! an impostor answering on the control socket, and a root at the socket
+//! path length edge.
 
 mod support;
 
@@ -202,4 +203,41 @@ fn an_impostor_on_the_socket_does_not_vouch_for_a_hung_coordinator() {
     assert_eq!(report["ok"], true, "{report}");
     let next = root.coordinator_pid().expect("a new coordinator");
     assert_ne!(next, coordinator);
+}
+
+/// The socket path's edge: a root whose `.psm/coordinator.sock` is exactly
+/// 107 bytes keeps its socket there (the kernel takes 107 + NUL), one byte
+/// more moves it to the per-user runtime directory; `up`, `status` and `down`
+/// work either way.
+#[test]
+fn a_root_at_the_socket_length_edge_works_on_both_sides() {
+    #[cfg(target_os = "macos")]
+    const EDGE: usize = 103;
+    #[cfg(not(target_os = "macos"))]
+    const EDGE: usize = 107;
+    let base = Root::new();
+    for len in [EDGE, EDGE + 1] {
+        let pad = len - "/.psm/coordinator.sock".len() - base.path().as_os_str().len() - 1;
+        let root = base.path().join("x".repeat(pad));
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("psm.toml"), FAST).unwrap();
+        let psm = |args: &[&str], limit| {
+            let mut cmd = std::process::Command::new(support::PSM);
+            cmd.arg("--root").arg(&root).args(args);
+            output_within(cmd, limit, &format!("psm {args:?} at {len} bytes"))
+        };
+        let up = psm(&["up"], LIMIT);
+        if let Ok(pid) = fs::read_to_string(root.join(".psm/coordinator.lock")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                base.reaper.pid(pid);
+            }
+        }
+        assert!(up.status.success(), "{len}: {}", stderr(&up));
+        let under_root = root.join(".psm/coordinator.sock");
+        assert_eq!(under_root.as_os_str().len(), len);
+        assert_eq!(under_root.exists(), len == EDGE, "{len}");
+        assert!(psm(&["status"], LIMIT).status.success(), "{len}");
+        let down = psm(&["down"], LIMIT);
+        assert!(down.status.success(), "{len}: {}", stderr(&down));
+    }
 }
