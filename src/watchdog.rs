@@ -241,7 +241,12 @@ pub fn check(
 /// kernel accepts the connection, but nobody replies.
 fn answers(paths: &Paths, pid: i32) -> bool {
     match client::request(paths, &Request::Ping, PING_TIMEOUT) {
-        Ok(r) => r.ok && r.data.get("pid").and_then(Value::as_i64) == Some(i64::from(pid)),
+        // A coordinator at its connection cap answers `busy` (not ok) with
+        // its pid: flooded, not hung — its accept loop is running.
+        Ok(r) => {
+            let busy = r.data.get("busy").and_then(Value::as_bool) == Some(true);
+            (r.ok || busy) && r.data.get("pid").and_then(Value::as_i64) == Some(i64::from(pid))
+        }
         Err(_) => false,
     }
 }
