@@ -148,6 +148,19 @@ fn runtime_dir_link_is_refused() {
 fn log_links_and_fifos_are_refused() {
     let root = Root::new();
     let target = Precious::new();
+    // `session spawn` needs a live session before it opens any log.
+    let shell = root.sleeper();
+    let shell_pid = shell.id().to_string();
+    let register = |r: &Root| {
+        r.ok(&[
+            "session",
+            "register",
+            "s1",
+            &shell_pid,
+            &r.path().display().to_string(),
+        ]);
+    };
+    register(&root);
     fs::create_dir(root.file(".logs")).unwrap();
     symlink(&target.path, root.file(".logs/s1.web.log")).unwrap();
     mkfifo(&root.file(".logs/s1.fifo.log"));
@@ -169,6 +182,7 @@ fn log_links_and_fifos_are_refused() {
     target.assert_intact();
 
     let other = Root::new();
+    register(&other);
     symlink(target.dir.path(), other.file(".logs")).unwrap();
     register_session(&other, "s1");
     let out = run(
