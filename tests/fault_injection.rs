@@ -367,6 +367,13 @@ fn settle_and_check(root: &Root, round: usize, variant: u64) {
     psm_within(root, &["start", "a"]);
     let out = psm_within(root, &["up"]);
     assert!(out.status.success(), "round {round}: up failed: {out:?}");
+    // A reload that met no listening coordinator (SIGKILLed, or one just
+    // starting) failed and said so: apply the final config now.
+    let out = psm_within(root, &["reload"]);
+    assert!(
+        out.status.success(),
+        "round {round}: reload failed: {out:?}"
+    );
     // `start a` before `up` may have found no coordinator; after `up`, `a`
     // must run again even if a `stop a` was the last word on it.
     psm_within(root, &["start", "a"]);
