@@ -192,8 +192,30 @@ pub fn spawned_services(root: &std::path::Path) -> Vec<(String, Identity)> {
         .collect()
 }
 
-/// Without /proc there is no environment to read; only records are adopted.
-#[cfg(not(target_os = "linux"))]
+/// macOS: the same search through libproc's process list and each
+/// candidate's `KERN_PROCARGS2` environment.
+#[cfg(target_os = "macos")]
+pub fn spawned_services(root: &std::path::Path) -> Vec<(String, Identity)> {
+    use std::os::unix::ffi::OsStrExt;
+    super::macos::all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let info = ProcInfo::read(pid).filter(|i| i.pgid == pid && !i.zombie)?;
+            let args = super::macos::procargs(pid)?;
+            let ours = super::procargs::env_var(&args, "PSM_ROOT")? == root.as_os_str().as_bytes();
+            let label = super::procargs::env_var(&args, "PSM_SERVICE")?;
+            let identity = Identity {
+                pid,
+                start_time: info.start_time,
+            };
+            ours.then(|| (String::from_utf8_lossy(label).into_owned(), identity))
+        })
+        .collect()
+}
+
+/// Without a process table there is no environment to read; only records
+/// are adopted.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub fn spawned_services(_root: &std::path::Path) -> Vec<(String, Identity)> {
     Vec::new()
 }

@@ -616,7 +616,17 @@ async fn wait_for_exit(identity: Identity) {
             return;
         }
     }
-    // Without a pidfd: poll the identity, at most every half second.
+    #[cfg(target_os = "macos")]
+    if let Some(fd) = crate::process::macos::exit_fd(identity) {
+        // A kqueue holding EVFILT_PROC/NOTE_EXIT becomes readable when the
+        // process exits: macOS's pidfd.
+        // SAFETY: as above, the AsyncFd owns the fd until dropped.
+        if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+            let _ = afd.readable().await;
+            return;
+        }
+    }
+    // Without either: poll the identity, at most every half second.
     while identity.is_alive() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
