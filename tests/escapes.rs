@@ -62,3 +62,128 @@ stop-timeout = "300ms"
     root.ok(&["down"]);
     assert!(!alive(third), "down returned with the helper still running");
 }
+
+/// Waits for `rounds` more coordinator heartbeats: the health rounds that
+/// would have noticed an exit and restarted a service.
+fn heartbeats(root: &Root, rounds: usize) {
+    let beat = |r: &Root| r.global(psm::coordinator::COORDINATOR_NAME)["lastHealthCheck"].as_u64();
+    for _ in 0..rounds {
+        let first = beat(root);
+        support::wait_until(LIMIT, "a later heartbeat", || {
+            if beat(root) > first {
+                Ok(())
+            } else {
+                Err(first)
+            }
+        });
+    }
+}
+
+/// A classic daemonizing service (fork, `setsid`, fork, the parent exits 0)
+/// is supervised as its daemon: exactly one daemon, no restart while it
+/// runs, the record names it, `stop` and `down` end it, and its death leads
+/// to a restart.
+#[test]
+fn a_daemonizing_service_is_supervised_through_its_daemon() {
+    let root = Root::new();
+    // Each start appends a line to `starts`, each daemon its pid to `daemons`.
+    root.script(
+        "daemon.sh",
+        r#"echo start >> "$PSM_ROOT/starts"
+( setsid sh -c 'echo $$ >> "$PSM_ROOT/daemons"; exec sleep 1000' & )
+exit 0"#,
+    );
+    root.write_config(
+        r#"health-interval = "100ms"
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "daemon.sh"]
+stop-timeout = "300ms"
+"#,
+    );
+    root.up();
+    let daemon = |n: usize| {
+        let mut pid = 0;
+        support::wait_until(LIMIT, &format!("daemon {n} recorded"), || {
+            let daemons = support::lines(&root, "daemons");
+            let recorded = root.global("svc")["pid"].as_i64();
+            match daemons.get(n - 1).and_then(|p| p.parse::<i32>().ok()) {
+                Some(p) if recorded == Some(p as i64) => {
+                    root.reaper.pid(p);
+                    pid = p;
+                    Ok(())
+                }
+                _ => Err((daemons, recorded)),
+            }
+        });
+        pid
+    };
+    let first = daemon(1);
+    // Several health rounds later: still the one start, the one daemon.
+    heartbeats(&root, 5);
+    assert_eq!(support::lines(&root, "starts").len(), 1, "restarted");
+    assert_eq!(support::lines(&root, "daemons").len(), 1);
+    assert!(alive(first));
+    assert_eq!(root.global("svc")["status"], "running");
+
+    support::sigkill(first);
+    let second = daemon(2);
+    assert_eq!(support::lines(&root, "starts").len(), 2);
+
+    root.ok(&["stop", "svc"]);
+    assert!(!alive(second), "stop returned with the daemon running");
+
+    root.ok(&["start", "svc"]);
+    let third = daemon(3);
+    root.ok(&["down"]);
+    assert!(!alive(third), "down returned with the daemon running");
+}
+
+/// A `setsid` helper whose parent exited before psm looked is an orphan the
+/// coordinator inherits as a subreaper: attributed to its service by its
+/// environment, it ends with `stop`, and once dead it is reaped (no zombie
+/// left under the coordinator).
+#[cfg(target_os = "linux")]
+#[test]
+fn an_orphaned_helper_is_inherited_ended_with_its_service_and_reaped() {
+    let root = Root::new();
+    root.script(
+        "svc.sh",
+        r#"( setsid sh -c 'echo $$ > "$PSM_ROOT/orphan"; exec sleep 1000' & )
+exec sleep 1000"#,
+    );
+    root.write_config(
+        r#"health-interval = "100ms"
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "svc.sh"]
+stop-timeout = "300ms"
+"#,
+    );
+    let coordinator = root.up();
+    let orphan = root.pid_from("orphan");
+    root.reaper.pid(orphan);
+    let parent = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<i32>()
+                    .ok()
+            })
+    };
+    wait_for(LIMIT, "the orphan inherited by the coordinator", || {
+        parent(orphan) == Some(coordinator)
+    });
+    root.ok(&["stop", "svc"]);
+    assert!(!alive(orphan), "stop returned with the orphan running");
+    wait_for(LIMIT, "the dead orphan reaped", || {
+        parent(orphan) != Some(coordinator)
+    });
+    root.ok(&["down"]);
+}
