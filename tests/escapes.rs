@@ -187,3 +187,36 @@ stop-timeout = "300ms"
     });
     root.ok(&["down"]);
 }
+
+/// `psm session run` inherits what its command leaves behind: a helper that
+/// called `setsid` and cleared its environment, whose parent (the command)
+/// exited, is ended when the session ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_session_ends_the_setsid_helpers_its_command_left_behind() {
+    let root = Root::new();
+    let script = root.script(
+        "session.sh",
+        r#"setsid env -i "$(command -v sh)" -c 'echo $$ > "$0/escaped.tmp"; mv "$0/escaped.tmp" "$0/escaped"; exec "$1" 1000' "$PSM_TEST_DIR" "$(command -v sleep)" > /dev/null 2>&1 &
+while [ ! -s "$PSM_TEST_DIR/escaped" ]; do sleep 0.02; done
+exit 0"#,
+    );
+    let out = support::output_within(
+        {
+            let mut cmd = root.cmd();
+            cmd.args(["session", "run", "--project"])
+                .arg(root.path())
+                .arg("--")
+                .arg("sh")
+                .arg(&script)
+                .env("PSM_TEST_DIR", root.path());
+            cmd
+        },
+        LIMIT,
+        "psm session run",
+    );
+    let escaped = root.pid_from("escaped");
+    root.reaper.pid(escaped);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(!alive(escaped), "the session ended with its helper running");
+}

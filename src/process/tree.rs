@@ -212,6 +212,51 @@ pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
     found
 }
 
+/// Ends, identity-checked, every live process this subreaper inherited
+/// (its children other than those it claimed) and their descendants, except
+/// psm's own daemons (marked with [`DAEMON_MARK`]) and what runs under them:
+/// SIGTERM, SIGKILL for those still there after `grace`; then reaps them.
+/// Returns how many it signalled. For `psm session run`, once its command
+/// has been waited for: whatever the command left behind.
+#[cfg(unix)]
+pub fn end_inherited(grace: std::time::Duration) -> usize {
+    use nix::sys::signal::Signal;
+    let own = own_children();
+    let me = std::process::id() as i32;
+    let mut doomed: Vec<Identity> = Vec::new();
+    for pid in children(me).into_iter().filter(|p| !own.contains(p)) {
+        let Some(info) = ProcInfo::read(pid).filter(|i| !i.zombie) else {
+            continue;
+        };
+        // A daemon whose environment cannot be read is left alone too.
+        if environ(pid).is_none_or(|env| environ_has(&env, DAEMON_MARK)) {
+            continue;
+        }
+        let orphan = Identity {
+            pid,
+            start_time: info.start_time,
+        };
+        doomed.push(orphan);
+        doomed.extend(descendants(orphan));
+    }
+    for id in &doomed {
+        super::signal_tree(*id, None, Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while doomed.iter().any(Identity::is_alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20)); // poll: they are not our children to wait for
+    }
+    for id in doomed.iter().filter(|id| id.is_alive()) {
+        super::signal_tree(*id, None, Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while doomed.iter().any(Identity::is_alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20)); // poll, as above
+    }
+    reap_orphans(&own);
+    doomed.len()
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
