@@ -23,8 +23,9 @@ use crate::fsx::{self, Dir, How};
 use crate::paths::{Paths, REGISTRY_FILE};
 use crate::time::now_millis;
 
-/// How long a command waits for the registry lock before it gives up and
-/// names the holder: a healthy holder keeps it for milliseconds.
+/// How long one holder may keep the registry lock before a waiting command
+/// gives up and names it: a healthy holder keeps it for milliseconds. While
+/// the lock changes hands, a command keeps waiting (up to 12 deadlines).
 pub const LOCK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Overrides [`LOCK_DEADLINE`] (humantime, e.g. `500ms`), for tests and for
@@ -213,6 +214,25 @@ impl Store {
         }
     }
 
+    /// Removes the temp files of saves a crash (or SIGKILL) interrupted.
+    /// Under the exclusive lock no save is in flight, so every temp file
+    /// there is a leftover. For start-up: it lists the root, which may be a
+    /// large repository, so not on every write. Returns how many it removed.
+    pub fn remove_leftover_temps(&self) -> Result<usize, StoreError> {
+        let (root, _guard) = self.lock(true)?;
+        let prefix = format!("{REGISTRY_FILE}.");
+        let names = root.names().unwrap_or_default();
+        Ok(names
+            .iter()
+            .filter(|n| {
+                let n = n.to_string_lossy();
+                n.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest.contains(".tmp-") || rest.starts_with("tmp-"))
+            })
+            .filter(|n| root.remove(n).unwrap_or(false))
+            .count())
+    }
+
     /// Waits for the shared lock as a read would and releases it: for
     /// commands that ask the coordinator to change a record, so that a stuck
     /// lock holder fails them at once, with its pid, instead of leaving the
@@ -294,12 +314,26 @@ impl Store {
             Wait::Deadline(d) => (d, false),
             Wait::Patient(d) => (d, true),
         };
+        // Who held the lock when this window of waiting began. Under heavy
+        // contention (dozens of writers on a loaded machine) a command may
+        // wait longer than the deadline while the lock changes hands many
+        // times; only one holder keeping it for a whole window is a hang.
+        let mut window_holders = holders(&file);
         loop {
             match try_lock_until(file, exclusive, Instant::now() + deadline) {
                 Ok(guard) => return Ok((root, guard)),
                 Err(TryLock::Failed(source)) => return Err(StoreError::Lock { path, source }),
                 Err(TryLock::TimedOut(back)) => {
-                    let holder = Holder(holders(&back));
+                    let now_holders = holders(&back);
+                    let moving = !now_holders.is_empty()
+                        && now_holders != window_holders
+                        && started.elapsed() < deadline * MAX_WINDOWS;
+                    window_holders = now_holders.clone();
+                    let holder = Holder(now_holders);
+                    if moving {
+                        file = back;
+                        continue;
+                    }
                     if !patient {
                         return Err(StoreError::LockTimeout {
                             path,
@@ -336,7 +370,8 @@ impl Store {
             };
             StoreError::Corrupt {
                 path,
-                detail: e.to_string(),
+                // serde echoes wrong-typed values whole; the message stays short.
+                detail: crate::input::shown(&e.to_string()),
                 kept,
             }
         })
@@ -393,6 +428,10 @@ enum TryLock {
     /// The file comes back so the caller can keep waiting on it.
     TimedOut(File),
 }
+
+/// How many deadlines a command waits at most while the lock keeps
+/// changing hands (see `Store::lock`).
+const MAX_WINDOWS: u32 = 12;
 
 /// Polls for the lock until `deadline`. flock has no timeout of its own;
 /// polling (1 ms doubling to 20 ms) keeps a quick hand-over quick.
@@ -588,6 +627,38 @@ mod tests {
         for &(major, minor, inode, want) in cases {
             assert_eq!(flock_holders(text, major, minor, inode), want, "{inode}");
         }
+    }
+
+    /// Temp files of interrupted saves (of the registry or a corrupt copy)
+    /// are removed at start-up; nothing else is.
+    #[test]
+    fn leftover_temps_are_removed() {
+        let (_dir, store) = store();
+        let root = store.paths.root().to_path_buf();
+        for name in [
+            ".live-process-registry.json.tmp-0123456789abcdef",
+            ".live-process-registry.json.corrupt-1-ab.tmp-0123456789abcdef",
+            ".live-process-registry.json",
+            ".live-process-registry.json.corrupt-1-ab",
+            "notes.tmp-1",
+        ] {
+            fs::write(root.join(name), b"{}").unwrap();
+        }
+        assert_eq!(store.remove_leftover_temps().unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".live-process-registry.json",
+                ".live-process-registry.json.corrupt-1-ab",
+                "notes.tmp-1"
+            ]
+        );
     }
 
     /// A held lock ends a command's wait at the deadline, naming the holder.

@@ -38,7 +38,8 @@ use super::phase::{Action, Event, Lifecycle, Phase};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
 use crate::process::{
-    detached_command, signal_tree, terminate, DetachedSpec, Identity, ProcInfo, StopRequest,
+    detached_command, signal_marked, signal_tree, terminate, DetachedSpec, Identity, Marker,
+    ProcInfo, StopRequest,
 };
 use crate::registry::{status, RegistryHandle, RegistryOp, ServiceRecord};
 use crate::time::now_millis;
@@ -118,6 +119,11 @@ impl ServiceActor {
         }
     }
 
+    /// The environment marker of this instance's processes (`process::group`).
+    fn marker(&self) -> Marker {
+        Marker::service(self.paths.root(), &self.inst.label)
+    }
+
     fn script(&self) -> String {
         self.inst.spec.command.join(" ")
     }
@@ -173,10 +179,7 @@ impl ServiceActor {
                 .env
                 .iter()
                 .map(|(k, v)| (k.into(), v.into()))
-                .chain([
-                    ("PSM_SERVICE".into(), self.inst.label.clone().into()),
-                    ("PSM_ROOT".into(), self.paths.root().as_os_str().to_owned()),
-                ])
+                .chain(self.marker().env())
                 .collect(),
             log: self.paths.service_log(&self.inst.label),
         };
@@ -280,8 +283,9 @@ impl ServiceActor {
         // done on a blocking thread, off the restart's path.
         let identity = run.identity;
         if crate::process::identity::group_exists(identity.pid) {
+            let marker = self.marker();
             actix_rt::task::spawn_blocking(move || {
-                signal_tree(identity, Some(identity.pid), Signal::SIGKILL)
+                signal_marked(identity, Some(identity.pid), &marker, Signal::SIGKILL)
             });
         }
         // A run ended by a failed probe was healthy until then, so its uptime
@@ -414,8 +418,9 @@ impl ServiceActor {
                 self.probed(generation, result, ctx);
             }
             Some(HealthSpec::Port { host, port }) => {
+                let leader = run.identity;
                 ctx.spawn(
-                    async move { health::probe_port(&host, port).await }
+                    async move { health::probe_port(&host, port, leader).await }
                         .into_actor(self)
                         .map(move |res, act, ctx| act.probed(generation, res, ctx)),
                 );
