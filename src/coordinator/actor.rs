@@ -237,6 +237,16 @@ impl CoordinatorActor {
             })
             .map(|(k, r)| (k, r.clone()))
             .collect();
+        // A recorded leader that died while no coordinator watched it (its
+        // group never swept) may have left members behind: they would run
+        // beside the fresh process. Stopping a dead record signals only the
+        // members that prove they descend from it.
+        let dead: Vec<(ServiceKey, ServiceRecord)> = previous
+            .iter()
+            .filter(|(_, r)| r.pid.is_some() && !r.is_alive())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        self.end_processes(dead, false);
         let desired = self.desired(&self.active_projects(&registry));
         let unrecorded = self.unrecorded_services(&previous);
         let split = plan::adoption(

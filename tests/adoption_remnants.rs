@@ -1,0 +1,52 @@
+//! What a service left behind while no coordinator watched it: a leader
+//! that died between two coordinators leaves its group's members running,
+//! and the next coordinator must end them before it starts the service anew.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{alive, sigkill, wait_for, Root};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// SIGKILL the coordinator, then the service's leader: its grandchild keeps
+/// the old process group. `psm up` starts one new service process and ends
+/// the grandchild of the dead one.
+#[test]
+fn a_new_coordinator_ends_what_a_dead_leader_left_behind() {
+    let root = Root::new();
+    root.script(
+        "tree.sh",
+        "sleep 1000 &\necho $! > \"$PSM_ROOT/grandchild.$$\"\necho $$ > \"$PSM_ROOT/leader\"\nwait",
+    );
+    root.write_config(
+        r#"health-interval = "100ms"
+[[service]]
+name = "tree"
+type = "global"
+command = ["sh", "tree.sh"]
+"#,
+    );
+    let coordinator = root.up();
+    let leader = root.service_pid("tree");
+    let grandchild = root.pid_from(&format!("grandchild.{leader}"));
+    root.reaper.pid(grandchild); // killed on drop should the test fail
+    sigkill(coordinator);
+    wait_for(LIMIT, "coordinator gone", || !alive(coordinator));
+    sigkill(leader);
+    wait_for(LIMIT, "leader gone", || !alive(leader));
+    assert!(alive(grandchild), "the grandchild outlives its leader");
+
+    root.up();
+    let fresh = root.service_pid("tree");
+    assert_ne!(fresh, leader);
+    wait_for(LIMIT, "the dead leader's grandchild ended", || {
+        !alive(grandchild)
+    });
+    let new_grandchild = root.pid_from(&format!("grandchild.{fresh}"));
+    assert!(
+        alive(new_grandchild),
+        "the new run's own child is left alone"
+    );
+}
