@@ -220,3 +220,53 @@ exit 0"#,
     assert!(out.status.success(), "{}", support::stderr(&out));
     assert!(!alive(escaped), "the session ended with its helper running");
 }
+
+/// A coordinator replacement (SIGKILL, `psm up`) adopts the running service
+/// and leaves its `setsid` helper running; `restart` and `down` then end
+/// the helpers, as they would without the replacement.
+#[test]
+fn a_coordinator_replacement_keeps_the_helpers_of_an_adopted_service() {
+    let root = Root::new();
+    root.script(
+        "svc.sh",
+        r#"n=$(($(cat "$PSM_ROOT/runs" 2>/dev/null || echo 0) + 1))
+echo $n > "$PSM_ROOT/runs"
+setsid env -i "$(command -v sh)" -c 'echo $$ > "$0/helper.$1"; exec "$2" 1000' "$PSM_ROOT" "$n" "$(command -v sleep)" &
+exec sleep 1000"#,
+    );
+    root.write_config(
+        r#"health-interval = "100ms"
+[[service]]
+name = "svc"
+type = "global"
+command = ["sh", "svc.sh"]
+stop-timeout = "300ms"
+"#,
+    );
+    let old = root.up();
+    let leader = root.service_pid("svc");
+    let first = root.pid_from("helper.1");
+    root.reaper.pid(first);
+    support::sigkill(old);
+    wait_for(LIMIT, "the old coordinator gone", || !alive(old));
+    root.up();
+    // Adopted, not restarted; a few health rounds of the new coordinator
+    // later the helper still runs.
+    heartbeats(&root, 3);
+    assert_eq!(
+        root.service_pid("svc"),
+        leader,
+        "the service was not adopted"
+    );
+    assert!(
+        alive(first),
+        "the replacement ended the adopted service's helper"
+    );
+
+    root.ok(&["restart", "svc"]);
+    wait_for(LIMIT, "the first helper ended by restart", || !alive(first));
+    let second = root.pid_from("helper.2");
+    root.reaper.pid(second);
+    root.ok(&["down"]);
+    assert!(!alive(second), "down returned with the helper running");
+}
