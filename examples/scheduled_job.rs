@@ -92,16 +92,21 @@ impl JobActor {
             }
         };
         let pid = child.id().unwrap_or(0) as i32;
+        // The coordinator reaps the orphans it inherits: a child we wait
+        // for ourselves is claimed, so its exit status stays ours.
+        psm::process::tree::claim_child(pid);
         self.running = Identity::of(pid);
         self.runs += 1;
         self.persist("running");
         ctx.spawn(
             async move {
-                child
+                let how = child
                     .wait()
                     .await
                     .map(|s| s.to_string())
-                    .unwrap_or_else(|e| e.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                psm::process::tree::release_child(pid);
+                how
             }
             .into_actor(self)
             .map(|how, act, _| {

@@ -115,6 +115,9 @@ pub fn run(
     };
     let project = project.to_string_lossy().into_owned();
     manager.register_session(&id, me, &project)?;
+    // What the command leaves behind (a `setsid` helper whose parent is
+    // gone) becomes ours instead of init's, and ends with the session.
+    let subreaper = crate::process::tree::become_subreaper();
 
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -131,6 +134,9 @@ pub fn run(
     let outcome = runtime.block_on(supervise(cmd, manager.grace()));
     // Clean up whatever happened to the command: that is the whole point.
     let cleanup = manager.cleanup_session(&id);
+    if subreaper {
+        crate::process::tree::end_inherited(manager.grace());
+    }
     let code =
         outcome.map_err(|e| CliError::Failed(e.context(format!("cannot run '{program}'"))))?;
     cleanup?;

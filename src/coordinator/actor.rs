@@ -351,6 +351,11 @@ impl CoordinatorActor {
         }
         self.heartbeat();
         self.rotate_logs();
+        // The orphans we inherited as a subreaper that have exited.
+        let reaped = crate::process::tree::reap_inherited();
+        if !reaped.is_empty() {
+            tracing::debug!(?reaped, "reaped inherited orphans");
+        }
         ctx.spawn(self.registry.send(ReadRegistry).into_actor(self).map(
             |res, act, ctx| match res {
                 Ok(Ok(registry)) => {

@@ -261,7 +261,12 @@ pub fn spawn_background(
         program: exe.into(),
         args,
         cwd: Some(paths.root().to_path_buf()),
-        env: Vec::new(),
+        // Marks it as psm's daemon: a `psm session run` that inherits it
+        // (a `psm up` run inside a session) leaves it alone at its end.
+        env: vec![(
+            crate::process::tree::DAEMON_MARK.into(),
+            "coordinator".into(),
+        )],
         log: paths.coordinator_log(),
     };
     // The child is reparented once we exit; the caller may wait on it.
@@ -316,6 +321,10 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     }
     crate::process::open_log(&settings.paths.coordinator_log())
         .context("creating the log directory")?;
+    // Orphans of the services' descendants (a daemonizing service, a
+    // `setsid` helper whose parent exited) become our children instead of
+    // init's: the services find them there, and the heartbeat reaps them.
+    let subreaper = crate::process::tree::become_subreaper();
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths)?;
     // Logs are kept within max-size as they are written, by a thread of
@@ -344,7 +353,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         control::serve(listener, coordinator.clone(), control_limits);
         actor::forward_signals(coordinator);
     });
-    info!(root = %settings.paths.root().display(), pid = std::process::id(), "coordinator running");
+    info!(root = %settings.paths.root().display(), pid = std::process::id(), subreaper, "coordinator running");
     system.run().context("running the coordinator")?;
     registry_thread.stop();
     registry_thread.join().ok();

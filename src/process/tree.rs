@@ -116,6 +116,147 @@ pub fn reap_orphans(known: &std::collections::HashSet<i32>) -> Vec<i32> {
         .collect()
 }
 
+/// The pids of this process's children that their spawner waits for
+/// itself (a service leader's tokio `wait`): the orphan reaper leaves them
+/// alone, so it never steals an exit status. A reaper must never
+/// `waitpid(-1)`.
+static OWN_CHILDREN: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks `pid` as a child its spawner waits for (see [`reap_inherited`]).
+pub fn claim_child(pid: i32) {
+    if let Ok(mut own) = OWN_CHILDREN.lock() {
+        own.push(pid);
+    }
+}
+
+/// The spawner has reaped `pid`.
+pub fn release_child(pid: i32) {
+    if let Ok(mut own) = OWN_CHILDREN.lock() {
+        own.retain(|&p| p != pid);
+    }
+}
+
+fn own_children() -> std::collections::HashSet<i32> {
+    OWN_CHILDREN
+        .lock()
+        .map(|own| own.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Reaps the exited orphans this subreaper inherited (every exited child
+/// nobody claimed with [`claim_child`]).
+#[cfg(unix)]
+pub fn reap_inherited() -> Vec<i32> {
+    reap_orphans(&own_children())
+}
+
+/// The environment variable psm sets on its own daemons (the coordinator):
+/// a session's subreaper never ends a process that carries it.
+pub const DAEMON_MARK: &str = "PSM_DAEMON";
+
+/// Whether an environment block (`/proc/<pid>/environ`: NUL-separated
+/// `KEY=value`) names service `label` of root `root`, as psm set it.
+pub fn environ_names(environ: &[u8], label: &str, root: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let has = |key: &[u8], value: &[u8]| {
+        environ.split(|&b| b == 0).any(|kv| {
+            kv.len() == key.len() + 1 + value.len()
+                && kv.starts_with(key)
+                && kv[key.len()] == b'='
+                && kv.ends_with(value)
+        })
+    };
+    has(b"PSM_SERVICE", label.as_bytes()) && has(b"PSM_ROOT", root.as_os_str().as_bytes())
+}
+
+/// Whether an environment block carries [`DAEMON_MARK`].
+pub fn environ_has(environ: &[u8], key: &str) -> bool {
+    environ
+        .split(|&b| b == 0)
+        .any(|kv| kv.starts_with(key.as_bytes()) && kv.get(key.len()) == Some(&b'='))
+}
+
+/// `pid`'s environment block, where the system lets us read it (Linux).
+pub fn environ(pid: i32) -> Option<Vec<u8>> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read(format!("/proc/{pid}/environ")).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// The live orphans this process inherited as a subreaper (children nobody
+/// claimed) whose environment says they came from service `label` of
+/// `root`, oldest first. An orphan whose environment was cleared cannot be
+/// attributed this way and is not returned.
+pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
+    let own = own_children();
+    let me = std::process::id() as i32;
+    let mut found: Vec<Identity> = children(me)
+        .into_iter()
+        .filter(|pid| !own.contains(pid))
+        .filter_map(|pid| {
+            let info = ProcInfo::read(pid).filter(|i| !i.zombie)?;
+            let env = environ(pid)?;
+            environ_names(&env, label, root).then_some(Identity {
+                pid,
+                start_time: info.start_time,
+            })
+        })
+        .collect();
+    found.sort_by_key(|id| id.start_time);
+    found
+}
+
+/// Ends, identity-checked, every live process this subreaper inherited
+/// (its children other than those it claimed) and their descendants, except
+/// psm's own daemons (marked with [`DAEMON_MARK`]) and what runs under them:
+/// SIGTERM, SIGKILL for those still there after `grace`; then reaps them.
+/// Returns how many it signalled. For `psm session run`, once its command
+/// has been waited for: whatever the command left behind.
+#[cfg(unix)]
+pub fn end_inherited(grace: std::time::Duration) -> usize {
+    use nix::sys::signal::Signal;
+    let own = own_children();
+    let me = std::process::id() as i32;
+    let mut doomed: Vec<Identity> = Vec::new();
+    for pid in children(me).into_iter().filter(|p| !own.contains(p)) {
+        let Some(info) = ProcInfo::read(pid).filter(|i| !i.zombie) else {
+            continue;
+        };
+        // A daemon whose environment cannot be read is left alone too.
+        if environ(pid).is_none_or(|env| environ_has(&env, DAEMON_MARK)) {
+            continue;
+        }
+        let orphan = Identity {
+            pid,
+            start_time: info.start_time,
+        };
+        doomed.push(orphan);
+        doomed.extend(descendants(orphan));
+    }
+    for id in &doomed {
+        super::signal_tree(*id, None, Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while doomed.iter().any(Identity::is_alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20)); // poll: they are not our children to wait for
+    }
+    for id in doomed.iter().filter(|id| id.is_alive()) {
+        super::signal_tree(*id, None, Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while doomed.iter().any(Identity::is_alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20)); // poll, as above
+    }
+    reap_orphans(&own);
+    doomed.len()
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -175,5 +316,23 @@ mod tests {
             start_time: 1,
         };
         assert!(descendants(gone).is_empty());
+    }
+
+    #[test]
+    fn an_environment_names_its_service() {
+        let root = std::path::Path::new("/r");
+        let cases: [(&[u8], bool); 6] = [
+            (b"PSM_SERVICE=web\0PSM_ROOT=/r\0", true),
+            (b"A=1\0PSM_ROOT=/r\0PSM_SERVICE=web", true),
+            (b"PSM_SERVICE=web2\0PSM_ROOT=/r\0", false),
+            (b"PSM_SERVICE=web\0PSM_ROOT=/r/x\0", false),
+            (b"XPSM_SERVICE=web\0PSM_ROOT=/r\0", false),
+            (b"", false),
+        ];
+        for (env, want) in cases {
+            assert_eq!(environ_names(env, "web", root), want, "{env:?}");
+        }
+        assert!(environ_has(b"A=1\0PSM_DAEMON=coordinator\0", DAEMON_MARK));
+        assert!(!environ_has(b"PSM_DAEMONS=1\0", DAEMON_MARK));
     }
 }

@@ -63,6 +63,9 @@ struct Run {
     generation: u64,
     /// The kill was ours, after a failed probe (for the log line).
     probe_failed: bool,
+    /// A descendant that outlived the leader (a daemonizing service),
+    /// carrying the run on.
+    daemon: bool,
 }
 
 pub struct ServiceActor {
@@ -210,18 +213,23 @@ impl ServiceActor {
             start_millis: now_millis(),
             generation,
             probe_failed: false,
+            daemon: false,
         });
         info!(pid, attempt = self.state.failures, "started");
+        // We wait for it ourselves: the orphan reaper must leave it alone.
+        crate::process::tree::claim_child(pid);
         self.persist(status::RUNNING);
         ctx.spawn(
             async move {
-                match child.wait().await {
-                    Ok(s) => describe_exit(s),
-                    Err(e) => format!("wait failed: {e}"),
-                }
+                let exit = match child.wait().await {
+                    Ok(s) => (describe_exit(s), s.success()),
+                    Err(e) => (format!("wait failed: {e}"), false),
+                };
+                crate::process::tree::release_child(pid);
+                exit
             }
             .into_actor(self)
-            .map(move |how, act, ctx| act.exited(generation, &how, ctx)),
+            .map(move |(how, clean), act, ctx| act.exited(generation, &how, clean, ctx)),
         );
     }
 
@@ -236,6 +244,7 @@ impl ServiceActor {
             start_millis: record.start_time,
             generation,
             probe_failed: false,
+            daemon: false,
         });
         self.state = Lifecycle::running(record.restart_count);
         self.started_from = record
@@ -249,16 +258,25 @@ impl ServiceActor {
             wait_for_exit(identity)
                 .into_actor(self)
                 .map(move |(), act, ctx| {
-                    act.exited(generation, "exited (adopted; status unknown)", ctx)
+                    act.exited(generation, "exited (adopted; status unknown)", false, ctx)
                 }),
         );
     }
 
-    fn exited(&mut self, generation: u64, how: &str, ctx: &mut Context<Self>) {
+    fn exited(&mut self, generation: u64, how: &str, clean: bool, ctx: &mut Context<Self>) {
         let Some(run) = self.run.filter(|r| r.generation == generation) else {
             return; // an earlier run's exit, already handled
         };
         self.run = None;
+        // A daemonizing service's leader exits 0 once its daemon is off on
+        // its own: while a descendant attributed to the service lives, the
+        // service runs, carried by that process (see `carry_on`).
+        if (clean || run.daemon) && self.state.phase == Phase::Running {
+            if let Some(daemon) = self.survivor() {
+                self.carry_on(run, daemon, how, ctx);
+                return;
+            }
+        }
         // Orphaned grandchildren would hold ports and files the next run
         // needs. Usually there are none (one signal-0 probe says so); when
         // there are, finding them means scanning the process table, which is
@@ -279,6 +297,38 @@ impl ServiceActor {
         };
         let uptime = run.started.elapsed();
         self.on(Event::Exited { uptime }, how, ctx);
+    }
+
+    /// The oldest live process that outlived the run's leader and is
+    /// attributed to this service: an orphan we inherited as a subreaper
+    /// whose environment names the service.
+    fn survivor(&self) -> Option<Identity> {
+        crate::process::tree::inherited_by(&self.inst.label, self.paths.root())
+            .into_iter()
+            .next()
+    }
+
+    /// Makes `daemon` the run's process: watched for its exit like an
+    /// adopted process, in the record, stopped with the service.
+    fn carry_on(&mut self, ended: Run, daemon: Identity, how: &str, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.run = Some(Run {
+            identity: daemon,
+            generation,
+            daemon: true,
+            probe_failed: false,
+            ..ended
+        });
+        info!(parent: &self.span, how, pid = daemon.pid, "leader exited; its daemon carries the service on");
+        self.persist(status::RUNNING);
+        ctx.spawn(
+            wait_for_exit(daemon)
+                .into_actor(self)
+                .map(move |(), act, ctx| {
+                    act.exited(generation, "the daemon exited (status unknown)", false, ctx)
+                }),
+        );
     }
 
     /// Steps the lifecycle and carries out what it says. `how` describes an
@@ -436,6 +486,16 @@ impl ServiceActor {
             let left_group = ProcInfo::read(escaped.pid).is_some_and(|i| i.pgid != leader);
             if left_group && !self.escaped.contains(&escaped) {
                 self.escaped.push(escaped);
+            }
+        }
+        // Orphans whose parent already exited, inherited by the coordinator
+        // as a subreaper, and their own descendants.
+        for orphan in crate::process::tree::inherited_by(&self.inst.label, self.paths.root()) {
+            let family = std::iter::once(orphan).chain(crate::process::tree::descendants(orphan));
+            for id in family {
+                if id != run.identity && !self.escaped.contains(&id) {
+                    self.escaped.push(id);
+                }
             }
         }
         for escaped in &self.escaped {
