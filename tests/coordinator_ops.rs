@@ -100,8 +100,11 @@ fn race_ten(root: &Root, round: usize) -> Race {
         Some(survivor),
         "the survivor holds the lock"
     );
-    // It is serving, not merely alive.
-    root.ok(&["reload"]);
+    // It is serving, not merely alive: once its socket is bound (the lock
+    // is taken first, so a reload in between finds no one listening).
+    wait_for(LIMIT, "the survivor to answer a reload", || {
+        root.psm(&["reload"]).status.success()
+    });
     let losers = (0..10)
         .filter(|&i| i != running[0])
         .map(|i| {
