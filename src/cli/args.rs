@@ -40,8 +40,9 @@ pub enum Command {
     Check(ServiceArgs),
     /// Stamp a service's last health check with the current time.
     Refresh(ServiceArgs),
-    /// Show every service and session; dead processes show as dead.
-    Status(JsonArgs),
+    /// Show every service and session (dead processes show as dead, and why
+    /// each service that is not running last ended), or one service in detail.
+    Status(StatusArgs),
     /// Remove records of processes that are gone; clean up sessions whose process is gone.
     Cleanup(JsonArgs),
     /// Terminal sessions whose services end with them.
@@ -212,6 +213,19 @@ pub struct RegisterArgs {
 
 #[derive(Debug, Args)]
 pub struct JsonArgs {
+    /// Machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One service to show in detail: command, process, exits, health, log.
+    #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
+    pub service: Option<String>,
+    /// Only the instance of this project (per-project services); default: all.
+    #[arg(long, value_name = "PATH", requires = "service")]
+    pub project: Option<PathBuf>,
     /// Machine-readable JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -4,6 +4,7 @@
 pub mod args;
 mod completions;
 mod daemon;
+mod describe;
 mod entry;
 mod output;
 mod session;
@@ -120,6 +121,10 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Refresh(a) => {
             manager.refresh_health_check(&service_key(&a)?)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(a) if a.service.is_some() => {
+            let name = a.service.clone().unwrap_or_default();
+            describe::run(&paths, &manager, &a, &name)
         }
         Command::Status(a) => {
             let registry = manager.store().read().map_err(ManagerError::from)?;

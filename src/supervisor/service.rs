@@ -22,7 +22,7 @@
 //! Every registry change goes through the daemon's registry writer, by the
 //! narrow `RegistryHandle`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -40,7 +40,8 @@ use crate::paths::Paths;
 use crate::process::{
     detached_command, signal_tree, terminate, DetachedSpec, Identity, ProcInfo, StopRequest,
 };
-use crate::registry::{status, RegistryHandle, RegistryOp, ServiceRecord};
+use crate::registry::model::EXITS_KEPT;
+use crate::registry::{status, ExitRecord, RegistryHandle, RegistryOp, ServiceRecord};
 use crate::time::now_millis;
 
 /// Who manages a record, in its metadata: the coordinator adopts only these.
@@ -85,6 +86,13 @@ pub struct ServiceActor {
     /// Descendants of the run being stopped that left its process group:
     /// signalled with it, ended before the stop is confirmed.
     escaped: Vec<Identity>,
+    /// The last [`EXITS_KEPT`] ends of a run, oldest first: in the record
+    /// as `exits`, the newest also as `lastExit`.
+    exits: VecDeque<ExitRecord>,
+    /// Why the current run's probe failed, once it has (the kill's reason).
+    probe_failure: Option<String>,
+    /// The last probe's time and outcome, for `psm status <service>`.
+    last_probe: Option<(u64, Result<(), String>)>,
     span: tracing::Span,
 }
 
@@ -111,6 +119,9 @@ impl ServiceActor {
             started_from: None,
             stop_waiters: Vec::new(),
             escaped: Vec::new(),
+            exits: VecDeque::new(),
+            probe_failure: None,
+            last_probe: None,
             span,
         }
     }
@@ -142,11 +153,34 @@ impl ServiceActor {
         meta.insert("managedBy".into(), Value::from(MANAGED_BY));
         meta.insert("instance".into(), Value::from(self.inst.label.clone()));
         meta.insert("kind".into(), Value::from(self.inst.spec.kind.clone()));
+        meta.insert("cwd".into(), Value::from(self.inst.cwd.to_string_lossy()));
+        if let Some(spec) = &self.inst.spec.health {
+            meta.insert("health".into(), Value::from(describe_probe(spec)));
+        }
         if let Some(hash) = &self.started_from {
             meta.insert(SPEC_HASH_KEY.into(), Value::from(hash.clone()));
         }
         record.metadata = meta;
+        record.set_exits(&self.exits);
+        if let Some((time, result)) = &self.last_probe {
+            record.extra.insert(
+                LAST_PROBE_KEY.into(),
+                serde_json::json!({
+                    "time": time,
+                    "ok": result.is_ok(),
+                    "reason": result.as_ref().err(),
+                }),
+            );
+        }
         record
+    }
+
+    /// Keeps `exit` as the last one, dropping the oldest beyond [`EXITS_KEPT`].
+    fn record_exit(&mut self, exit: ExitRecord) {
+        self.exits.push_back(exit);
+        while self.exits.len() > EXITS_KEPT {
+            self.exits.pop_front();
+        }
     }
 
     fn persist(&self, status: &str) {
@@ -187,6 +221,12 @@ impl ServiceActor {
                 // (a message at the earliest) or `failed`, never a spawn, so
                 // this does not recurse however often it fails.
                 let how = format!("could not start: {e}");
+                self.record_exit(ExitRecord {
+                    time: now_millis(),
+                    code: None,
+                    signal: None,
+                    reason: how.clone(),
+                });
                 self.on(
                     Event::Exited {
                         uptime: Duration::ZERO,
@@ -201,6 +241,8 @@ impl ServiceActor {
         // if it already exited.
         let pid = child.id().map_or(0, |p| p as i32);
         let identity = Identity::of(pid).unwrap_or(Identity { pid, start_time: 0 });
+        self.probe_failure = None;
+        self.last_probe = None;
         self.run = Some(Run {
             identity,
             started: Instant::now(),
@@ -214,11 +256,16 @@ impl ServiceActor {
             async move {
                 match child.wait().await {
                     Ok(s) => describe_exit(s),
-                    Err(e) => format!("wait failed: {e}"),
+                    Err(e) => ExitRecord {
+                        time: now_millis(),
+                        code: None,
+                        signal: None,
+                        reason: format!("wait failed: {e}"),
+                    },
                 }
             }
             .into_actor(self)
-            .map(move |how, act, ctx| act.exited(generation, &how, ctx)),
+            .map(move |exit, act, ctx| act.exited(generation, exit, ctx)),
         );
     }
 
@@ -235,6 +282,7 @@ impl ServiceActor {
             probe_failed: false,
         });
         self.state = Lifecycle::running(record.restart_count);
+        self.exits = record.exits().into();
         self.started_from = record
             .metadata
             .get(SPEC_HASH_KEY)
@@ -246,12 +294,18 @@ impl ServiceActor {
             wait_for_exit(identity)
                 .into_actor(self)
                 .map(move |(), act, ctx| {
-                    act.exited(generation, "exited (adopted; status unknown)", ctx)
+                    let exit = ExitRecord {
+                        time: now_millis(),
+                        code: None,
+                        signal: None,
+                        reason: "exited (adopted; status unknown)".into(),
+                    };
+                    act.exited(generation, exit, ctx)
                 }),
         );
     }
 
-    fn exited(&mut self, generation: u64, how: &str, ctx: &mut Context<Self>) {
+    fn exited(&mut self, generation: u64, mut exit: ExitRecord, ctx: &mut Context<Self>) {
         let Some(run) = self.run.filter(|r| r.generation == generation) else {
             return; // an earlier run's exit, already handled
         };
@@ -268,13 +322,15 @@ impl ServiceActor {
         }
         // A run ended by a failed probe was healthy until then, so its uptime
         // counts towards `stable-after` like any other run's.
-        let how = if run.probe_failed {
-            "killed after a failed health probe"
-        } else {
-            how
-        };
+        if run.probe_failed {
+            if let Some(why) = self.probe_failure.take() {
+                exit.reason = format!("health probe failed: {why}");
+            }
+        }
+        let how = exit.reason.clone();
+        self.record_exit(exit);
         let uptime = run.started.elapsed();
-        self.on(Event::Exited { uptime }, how, ctx);
+        self.on(Event::Exited { uptime }, &how, ctx);
     }
 
     /// Steps the lifecycle and carries out what it says. `how` describes an
@@ -403,6 +459,7 @@ impl ServiceActor {
         let Some(run) = self.run.as_mut().filter(|r| r.generation == generation) else {
             return;
         };
+        self.last_probe = Some((now_millis(), result.clone()));
         match result {
             // The whole record, not just a stamp: a registry that lost it
             // (moved aside, edited) has it back within one interval.
@@ -410,6 +467,7 @@ impl ServiceActor {
             Err(reason) => {
                 run.probe_failed = true;
                 let identity = run.identity;
+                self.probe_failure = Some(reason.clone());
                 warn!(parent: &self.span, pid = identity.pid, reason, "unhealthy; killing");
                 signal_tree(identity, Some(identity.pid), Signal::SIGKILL);
             }
@@ -586,16 +644,42 @@ fn end_all(processes: Vec<Identity>, signal: Signal, grace: Duration) {
     }
 }
 
-/// "exited with status 3" / "killed by SIGKILL".
-fn describe_exit(status: std::process::ExitStatus) -> String {
+/// The health check as `psm status <service>` shows it.
+fn describe_probe(spec: &HealthSpec) -> String {
+    match spec {
+        HealthSpec::Port { host, port } => format!("port {host}:{port}"),
+        HealthSpec::File { path, max_age } => {
+            format!("file {path} younger than {} ms", max_age.as_millis())
+        }
+        HealthSpec::Probe { name, .. } => format!("probe {name}"),
+    }
+}
+
+/// The record's key for the last probe's time and outcome.
+pub const LAST_PROBE_KEY: &str = "lastProbe";
+
+/// The exit, now: "exited with code 3" / "killed by SIGKILL".
+fn describe_exit(status: std::process::ExitStatus) -> ExitRecord {
     use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(s) => format!("killed by {s}"),
-            Err(_) => format!("killed by signal {sig}"),
-        },
+    exit_record(now_millis(), status.code(), status.signal())
+}
+
+/// What a wait status says, as a record (a pure function, table-tested).
+fn exit_record(time: u64, code: Option<i32>, signal: Option<i32>) -> ExitRecord {
+    let name = signal.map(|sig| match Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => format!("signal {sig}"),
+    });
+    let reason = match (code, &name) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(name)) => format!("killed by {name}"),
         _ => "exited".to_string(),
+    };
+    ExitRecord {
+        time,
+        code,
+        signal: name,
+        reason,
     }
 }
 
@@ -634,5 +718,28 @@ mod pidfd {
         // SAFETY: the kernel just returned this fd to us; nobody else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         identity.is_alive().then_some(fd)
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_read_as_reasons() {
+        let cases = [
+            (Some(3), None, "exited with code 3", None),
+            (Some(0), None, "exited with code 0", None),
+            (None, Some(9), "killed by SIGKILL", Some("SIGKILL")),
+            (None, Some(15), "killed by SIGTERM", Some("SIGTERM")),
+            (None, Some(99), "killed by signal 99", Some("signal 99")),
+            (None, None, "exited", None),
+        ];
+        for (code, signal, reason, name) in cases {
+            let e = exit_record(7, code, signal);
+            assert_eq!(e.reason, reason, "{code:?} {signal:?}");
+            assert_eq!(e.signal.as_deref(), name);
+            assert_eq!((e.time, e.code), (7, code));
+        }
     }
 }
