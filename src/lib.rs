@@ -28,8 +28,9 @@
 //!   pre-start-up checks.
 //! - [`process`]: process identity (pid + kernel start time), signals that
 //!   never hit a process whose identity does not match, detached spawning.
-//! - [`config`]: `psm.toml` parsed and validated into service specs, and
-//!   their per-project instances.
+//! - [`config`]: `psm.toml` parsed (with positions for one-line errors) and
+//!   validated into service specs, every number and duration against one
+//!   bounds table (`config::bounds`), and their per-project instances.
 //! - [`logs`]: service logs — copy-truncate rotation (services hold their
 //!   log open with `O_APPEND`) by a size watch thread as soon as a log
 //!   passes `max-size`, a bounded `tail`, and `tail -F`-style following.

@@ -421,3 +421,29 @@ fn a_fifo_for_a_log_does_not_block_top() {
     tmux.keys(&["C-c"]);
     tmux.wait("top exited", |s| s.contains("top exited: 0"));
 }
+
+/// SIGTERM ends `psm top` the way `q` does: the terminal is restored (main
+/// screen, cursor shown), not left in raw mode on the alternate screen.
+#[test]
+fn sigterm_restores_the_terminal() {
+    require_tmux();
+    let root = Root::new();
+    let tmux = Tmux::start(&root, 80, 24, &top_command(&root));
+    tmux.wait("top running", |s| {
+        s.contains("no services registered") || s.contains("NAME")
+    });
+    assert_eq!(tmux.pane("#{alternate_on}"), "1");
+    let shell: i32 = tmux.pane("#{pane_pid}").parse().unwrap();
+    let mut top = 0;
+    wait_for(WAIT, "psm top under the pane's shell", || {
+        top = psm::process::tree::children(shell)
+            .first()
+            .copied()
+            .unwrap_or(0);
+        top > 1
+    });
+    unsafe { libc::kill(top, libc::SIGTERM) };
+    tmux.wait("top exited", |s| s.contains("top exited: 0"));
+    assert_eq!(tmux.pane("#{alternate_on}"), "0", "alternate screen left");
+    assert_eq!(tmux.pane("#{cursor_flag}"), "1", "cursor shown again");
+}

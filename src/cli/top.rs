@@ -12,6 +12,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use super::output::{age, cpu_cell, memory_cell};
 use super::{daemon, CliError, CliResult};
 use crate::coordinator::protocol::{Request, Target};
 use crate::coordinator::COORDINATOR_NAME;
+use crate::input;
 use crate::paths::Paths;
 use crate::process::usage::Snapshot;
 use crate::registry::manager::health_with;
@@ -88,11 +90,35 @@ pub fn run(paths: &Paths, manager: &StateManager) -> CliResult {
         ));
     }
     let mut app = App::new(paths.clone(), manager);
+    quit_on_signals();
     // Installs a panic hook that restores the terminal before the message.
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let result = app.run(&mut terminal);
     ratatui::restore();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Set by SIGTERM or SIGHUP: the loop ends at its next tick and restores
+/// the terminal, instead of dying with it in raw mode on the alternate screen.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn quit_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic. Without it the
+        // default (terminate) applies, which is no worse than before.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
 }
 
 /// What the screen shows besides the list.
@@ -152,6 +178,9 @@ impl<'a> App<'a> {
     fn run(&mut self, terminal: &mut DefaultTerminal) -> Result<(), CliError> {
         let mut refreshed = Instant::now() - REFRESH;
         loop {
+            if SIGNALLED.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             if refreshed.elapsed() >= REFRESH {
                 self.refresh();
                 refreshed = Instant::now();
@@ -292,7 +321,7 @@ impl<'a> App<'a> {
                         vec![format!("{} is not a regular file", path.display())]
                     }
                     _ => match crate::logs::tail(&path, 200) {
-                        Ok(lines) => lines.iter().map(|l| printable(l)).collect(),
+                        Ok(lines) => lines.iter().map(|l| log_line(l)).collect(),
                         Err(e) => vec![format!("no log at {}: {e}", path.display())],
                     },
                 }
@@ -356,9 +385,10 @@ impl<'a> App<'a> {
             .iter()
             .enumerate()
             .map(|(i, item)| match item {
-                Item::Group(title) => {
-                    ListItem::new(Line::styled(printable(title), Style::new().bold()))
-                }
+                Item::Group(title) => ListItem::new(Line::styled(
+                    input::printable(title).into_owned(),
+                    Style::new().bold(),
+                )),
                 Item::Service(s) => {
                     if self.selected.as_ref() == Some(&key_of(&s.health)) {
                         selected = Some(i);
@@ -477,9 +507,11 @@ fn service_line(s: &ServiceRow, name: usize) -> Line<'static> {
     for (text, width) in cells.iter().zip(rest) {
         tail.push_str(&cell(text, width));
     }
-    tail.push_str(&printable(s.last_exit.as_deref().unwrap_or_default()));
+    tail.push_str(&input::printable(
+        s.last_exit.as_deref().unwrap_or_default(),
+    ));
     Line::from(vec![
-        Span::raw(cell(&format!("  {}", printable(&d.name)), w_name)),
+        Span::raw(cell(&format!("  {}", input::printable(&d.name)), w_name)),
         Span::styled(cell(&d.status, w_status), Style::new().fg(colour)),
         Span::raw(tail),
     ])
@@ -572,31 +604,29 @@ fn not_controllable(d: &ServiceHealth) -> Option<String> {
     }
 }
 
-/// A log line as the screen may show it: colour and other escape
-/// sequences (ESC `[` … final byte) dropped, tabs as spaces, any other
-/// control character as `?`, so a service's output cannot move the cursor
+/// A log line as the screen may show it: colour and other CSI sequences
+/// (ESC `[` … final byte, which services print all the time) dropped, tabs
+/// as spaces, and anything else hostile escaped as the status table escapes
+/// it ([`input::printable`]), so a service's output cannot move the cursor
 /// or repaint the view.
-fn printable(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
+fn log_line(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\u{1b}' => {
-                if chars.next_if_eq(&'[').is_some() {
-                    // Parameters and intermediates, then one final byte.
-                    while chars
-                        .next_if(|c| ('\u{20}'..='\u{3f}').contains(c))
-                        .is_some()
-                    {}
-                    chars.next();
-                }
+            '\u{1b}' if chars.next_if_eq(&'[').is_some() => {
+                // Parameters and intermediates, then one final byte.
+                while chars
+                    .next_if(|c| ('\u{20}'..='\u{3f}').contains(c))
+                    .is_some()
+                {}
+                chars.next();
             }
-            '\t' => out.push_str("    "),
-            c if c.is_control() => out.push('?'),
-            c => out.push(c),
+            '\t' => plain.push_str("    "),
+            c => plain.push(c),
         }
     }
-    out
+    input::printable(&plain).into_owned()
 }
 
 /// `s` starts what is not running and stops what is.
@@ -716,13 +746,14 @@ mod tests {
             ("\u{1b}[31mred\u{1b}[0m", "red"),
             ("\u{1b}[2J\u{1b}[1;1Hhome", "home"),
             ("a\tb", "a    b"),
-            ("bell\u{7}\r", "bell??"),
-            ("lone \u{1b}x", "lone x"),
+            ("bell\u{7}\r", "bell\\u{7}\\r"),
+            ("lone \u{1b}x", "lone \\u{1b}x"),
             ("cut \u{1b}[", "cut "),
+            ("\u{1b}]0;title\u{7}", "\\u{1b}]0;title\\u{7}"),
             ("é ✓", "é ✓"),
         ];
         for (line, want) in cases {
-            assert_eq!(printable(line), want, "{line:?}");
+            assert_eq!(log_line(line), want, "{line:?}");
         }
     }
 

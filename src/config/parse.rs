@@ -139,7 +139,7 @@ impl Ctx<'_> {
             // syntax error to toml; the key still tells the user where.
             let key = at.and_then(|o| key_before(self.text, o));
             let for_key = match (key, span.as_ref()) {
-                (Some(k), Some(s)) => format!(" for '{k}' in {}", self.location(s)),
+                (Some(k), Some(s)) => format!(" for '{}' in {}", shown(&k), self.location(s)),
                 _ => String::new(),
             };
             return self.error(at, format!("{raw}{for_key}: fix the TOML syntax"));
@@ -165,7 +165,9 @@ impl Ctx<'_> {
             format!("missing key '{key}' in {within}; add it")
         } else {
             let key = at.and_then(|o| key_before(self.text, o));
-            let for_key = key.map(|k| format!(" for '{k}'")).unwrap_or_default();
+            let for_key = key
+                .map(|k| format!(" for '{}'", shown(&k)))
+                .unwrap_or_default();
             if raw.starts_with("invalid duration") {
                 format!("{raw}{for_key} in {within}: {DURATION_HINT}")
             } else {
@@ -195,12 +197,12 @@ impl Ctx<'_> {
             None => "the top level".to_string(),
             Some((from, h)) if h == "[[service]]" => match service_name_after(self.text, from) {
                 Some(name) => format!("[[service]] '{}'", shown(&name)),
-                None => h,
+                None => shown(&h),
             },
-            Some((_, h)) => h,
+            Some((_, h)) => shown(&h),
         };
         match inline_table_key(self.text, start) {
-            Some(key) => format!("'{key}' of {table}"),
+            Some(key) => format!("'{}' of {table}", shown(&key)),
             None => table,
         }
     }

@@ -704,11 +704,11 @@ fn no_such_service(target: &Target) -> Response {
     let scope = target
         .project
         .as_deref()
-        .map(|p| format!(" for project {p}"))
+        .map(|p| format!(" for project {}", crate::input::shown(p)))
         .unwrap_or_default();
     Response::error(format!(
         "no configured service named '{}'{scope}; see psm.toml or `psm status`",
-        target.service
+        crate::input::shown(&target.service)
     ))
 }
 

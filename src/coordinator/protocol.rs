@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::input::{shown, validate_name};
+
 /// The longest request line the coordinator reads: far more than any request
 /// psm sends (a name is at most 128 bytes), small enough that a client
 /// cannot make it buffer much. A longer line is answered with an error and
@@ -13,13 +15,33 @@ pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 
 /// Reads one request line. `Err` is the response to send back: one line that
 /// says what was wrong, with whatever it echoes of the input escaped and cut.
+///
+/// A target's service must be a valid name and its project a path without
+/// control characters, as the CLI sends them: anything else can name no
+/// configured service, and refusing it here keeps every reply one line.
 pub fn parse_request(line: &str) -> Result<Request, Response> {
-    serde_json::from_str(line).map_err(|e| {
+    let request: Request = serde_json::from_str(line).map_err(|e| {
         Response::error(format!(
             "bad request: {}; send one JSON object per line, e.g. {{\"cmd\":\"ping\"}}",
-            crate::input::shown(&e.to_string())
+            shown(&e.to_string())
         ))
-    })
+    })?;
+    if let Request::Start(t) | Request::Stop(t) | Request::Restart(t) = &request {
+        if let Err(e) = validate_name("service name", &t.service) {
+            return Err(Response::error(format!("bad request: {e}")));
+        }
+        if let Some(project) = t
+            .project
+            .as_deref()
+            .filter(|p| p.contains(char::is_control))
+        {
+            return Err(Response::error(format!(
+                "bad request: project path '{}' has control characters; give the project directory's path",
+                shown(project)
+            )));
+        }
+    }
+    Ok(request)
 }
 
 /// CLI → coordinator.
@@ -102,6 +124,8 @@ mod tests {
     fn parse_request_answers_bad_lines_in_one_line() {
         assert_eq!(parse_request(r#"{"cmd":"ping"}"#), Ok(Request::Ping));
         let huge = format!(r#"{{"cmd":"{}\n"}}"#, "x".repeat(60_000));
+        let bad_name = format!(r#"{{"cmd":"stop","service":"a\nb{}"}}"#, "x".repeat(5000));
+        let bad_project = r#"{"cmd":"start","service":"web","project":"/p\u001b[2J"}"#;
         for bad in [
             "",
             "{",
@@ -109,6 +133,8 @@ mod tests {
             r#"{"cmd":"explode"}"#,
             "\u{1b}[2J",
             huge.as_str(),
+            bad_name.as_str(),
+            bad_project,
         ] {
             let response = parse_request(bad).unwrap_err();
             assert!(!response.ok);

@@ -336,7 +336,8 @@ impl Store {
             };
             StoreError::Corrupt {
                 path,
-                detail: e.to_string(),
+                // serde echoes wrong-typed values whole; the message stays short.
+                detail: crate::input::shown(&e.to_string()),
                 kept,
             }
         })
