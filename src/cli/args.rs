@@ -65,7 +65,7 @@ pub enum Command {
     Restart(TargetArgs),
     /// Re-read the configuration: start added, stop removed, restart changed services.
     Reload,
-    /// Print (and follow) a service's log.
+    /// Print (and follow) a service's log, or every service's.
     Logs(LogsArgs),
     /// A live, full-screen view of every service and session: status, pid,
     /// uptime, restarts, CPU, memory, health, last exit; restart, stop,
@@ -306,11 +306,12 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The service name (per-project instances: name@project, or --project).
+    /// The service name (per-project instances: name@project, or --project);
+    /// without one, every service's log, each line prefixed by its service.
     #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
-    pub service: String,
+    pub service: Option<String>,
     /// The project of a per-project instance.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "service")]
     pub project: Option<PathBuf>,
     /// Keep printing what is appended, like tail -F.
     #[arg(short, long)]

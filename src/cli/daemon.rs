@@ -435,7 +435,7 @@ pub fn reload(paths: &Paths) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn logs(paths: &Paths, args: &LogsArgs) -> CliResult {
+pub fn logs(paths: &Paths, args: &LogsArgs, service: &str) -> CliResult {
     let label = match &args.project {
         Some(p) => {
             let project = input::canonical_project(p)?;
@@ -443,9 +443,9 @@ pub fn logs(paths: &Paths, args: &LogsArgs) -> CliResult {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            format!("{}@{name}", args.service)
+            format!("{service}@{name}")
         }
-        None => args.service.clone(),
+        None => service.to_string(),
     };
     if !label
         .split('@')

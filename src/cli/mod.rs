@@ -1,6 +1,7 @@
 //! The `psm` command line: parse, validate into domain types, call the
 //! library, print. Exit codes: 0 success, 1 failure or not found, 2 usage.
 
+mod all_logs;
 pub mod args;
 mod completions;
 mod daemon;
@@ -163,7 +164,10 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Stop(a) => daemon::control(&paths, Request::Stop, &a),
         Command::Restart(a) => daemon::control(&paths, Request::Restart, &a),
         Command::Reload => daemon::reload(&paths),
-        Command::Logs(a) => daemon::logs(&paths, &a),
+        Command::Logs(a) => match &a.service {
+            Some(service) => daemon::logs(&paths, &a, service),
+            None => all_logs::run(&paths, a.lines, a.follow),
+        },
         Command::Top => top::run(&paths, &manager),
         Command::Watchdog(a) => watch::watchdog(&paths, a),
         Command::Verify(a) => watch::verify(&paths, &manager, &a),

@@ -1,0 +1,128 @@
+//! `psm logs` without a service: every service's lines, prefixed by their
+//! service; `-f` follows all of them, services that start later and logs
+//! that rotate included. Real coordinator, real `sh` services.
+
+mod support;
+
+use std::fs;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A service that prints `<name> <n>` lines, then sleeps.
+fn chatty(name: &str, count: u32) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+type = "global"
+command = ["sh", "-c", "i=0; while [ $i -lt {count} ]; do i=$((i+1)); echo {name} $i; done; exec sleep 1000"]
+"#
+    )
+}
+
+/// Without a service, `psm logs` prints the last N lines of every service,
+/// each prefixed `name      | `, without colour through a pipe, and leaves
+/// psm's own logs out.
+#[test]
+fn every_service_is_shown_with_its_prefix() {
+    let root = Root::new();
+    root.write_config(&format!("{FAST}{}{}", chatty("web", 3), chatty("db", 3)));
+    root.up();
+    wait_for(WAIT, "both logs written", || {
+        let log = |n: &str| fs::read_to_string(root.file(&format!(".logs/{n}.log")));
+        log("web").is_ok_and(|t| t.contains("web 3")) && log("db").is_ok_and(|t| t.contains("db 3"))
+    });
+    let text = root.ok(&["logs", "-n", "2"]);
+    assert_eq!(
+        text, "db        | db 2\ndb        | db 3\nweb       | web 2\nweb       | web 3\n",
+        "coordinator.log must not be shown"
+    );
+    assert!(!text.contains('\x1b'));
+}
+
+/// `psm logs -f` follows every service, one added (and started by a
+/// reload) after it began, and a log that rotates under it.
+#[test]
+fn follow_sees_new_services_and_rotation() {
+    let root = Root::new();
+    root.write_config(&format!(
+        "{FAST}[logs]\nmax-size = 512\nkeep = 1\n{}",
+        chatty("web", 1)
+    ));
+    root.up();
+    wait_for(WAIT, "web's log", || {
+        fs::read_to_string(root.file(".logs/web.log")).is_ok_and(|t| t.contains("web 1"))
+    });
+    let out_path = root.file("followed.txt");
+    let out = fs::File::create(&out_path).unwrap();
+    let follower = root
+        .cmd()
+        .args(["logs", "-f", "-n", "10"])
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Children(vec![follower]);
+    let followed = || fs::read_to_string(&out_path).unwrap_or_default();
+    wait_for(WAIT, "web's first line", || {
+        followed().contains("web       | web 1\n")
+    });
+
+    // A service that starts later, writing well past the rotation size.
+    root.write_config(&format!(
+        "{FAST}[logs]\nmax-size = 512\nkeep = 1\n{}{}",
+        chatty("web", 1),
+        "\n[[service]]\nname = \"late\"\ntype = \"global\"\ncommand = [\"sh\", \"-c\", \"i=0; while true; do i=$((i+1)); echo late $i; sleep 0.01; done\"]\n"
+    ));
+    root.ok(&["reload"]);
+    wait_for(WAIT, "late's log rotated", || {
+        root.file(".logs/late.log.1").exists()
+    });
+    // Lines written after the rotation reach the follower too.
+    let mut after = 0u64;
+    wait_until(WAIT, "a line of late's after its rotation", || {
+        let rotated = fs::read_to_string(root.file(".logs/late.log.1")).unwrap_or_default();
+        let last_rotated: u64 = rotated
+            .lines()
+            .filter_map(|l| l.strip_prefix("late ")?.parse().ok())
+            .max()
+            .unwrap_or(0);
+        let text = followed();
+        after = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("late      | late ")?.parse().ok())
+            .max()
+            .unwrap_or(0);
+        if last_rotated > 0 && after > last_rotated + 5 {
+            Ok(())
+        } else {
+            Err((last_rotated, after))
+        }
+    });
+    // Every followed line is whole and prefixed.
+    for line in followed().lines() {
+        assert!(
+            line.starts_with("web       | web ") || line.starts_with("late      | late "),
+            "{line:?}"
+        );
+    }
+}
+
+/// A service name is still one service's log, unprefixed; `--project`
+/// without a service is a usage error.
+#[test]
+fn one_service_is_unchanged() {
+    let root = Root::new();
+    root.write_config(&format!("{FAST}{}", chatty("web", 2)));
+    root.up();
+    wait_for(WAIT, "web's log", || {
+        fs::read_to_string(root.file(".logs/web.log")).is_ok_and(|t| t.contains("web 2"))
+    });
+    assert_eq!(root.ok(&["logs", "web", "-n", "1"]), "web 2\n");
+    let out = root.psm(&["logs", "--project", "/tmp"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
