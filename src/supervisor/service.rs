@@ -459,7 +459,10 @@ impl ServiceActor {
         let Some(run) = self.run.as_mut().filter(|r| r.generation == generation) else {
             return;
         };
-        self.last_probe = Some((now_millis(), result.clone()));
+        if self.inst.spec.health.is_some() {
+            // Without a probe, the round only stamps the record: no result.
+            self.last_probe = Some((now_millis(), result.clone()));
+        }
         match result {
             // The whole record, not just a stamp: a registry that lost it
             // (moved aside, edited) has it back within one interval.
