@@ -36,6 +36,10 @@ struct JobActor {
     runs: u64,
     running: Option<Identity>,
     last_exit: Option<String>,
+    /// Set by `StopService`: no run starts and no record is written after
+    /// it, though the interval and a killed run's exit may still arrive
+    /// while the removal is being persisted.
+    stopping: bool,
 }
 
 impl JobActor {
@@ -66,7 +70,7 @@ impl JobActor {
     }
 
     fn run_now(&mut self, ctx: &mut Context<Self>) {
-        if self.running.is_some() {
+        if self.running.is_some() || self.stopping {
             return; // one run at a time: a slow job skips a beat
         }
         let spec = &self.ctx.instance.spec;
@@ -103,7 +107,9 @@ impl JobActor {
             .map(|how, act, _| {
                 act.running = None;
                 act.last_exit = Some(how);
-                act.persist("idle");
+                if !act.stopping {
+                    act.persist("idle");
+                }
             }),
         );
     }
@@ -122,6 +128,7 @@ impl Handler<StopService> for JobActor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: StopService, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
         if let Some(id) = self.running.take() {
             signal_tree(id, Some(id.pid), nix::sys::signal::Signal::SIGKILL);
         }
@@ -163,6 +170,7 @@ impl ServiceKind for JobKind {
             runs: 0,
             running: None,
             last_exit: None,
+            stopping: false,
         }
         .start()
         .into()

@@ -288,6 +288,19 @@ impl Dir {
         Ok(())
     }
 
+    /// Hard-links `from` to `to` within this directory (a link at `from`
+    /// is linked as a link, never followed).
+    pub fn link(&self, from: impl AsRef<OsStr>, to: impl AsRef<OsStr>) -> io::Result<()> {
+        rustix::fs::linkat(
+            &self.fd,
+            from.as_ref(),
+            &self.fd,
+            to.as_ref(),
+            AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
     /// Removes the file (or link) `name`; false if there was none.
     pub fn remove(&self, name: impl AsRef<OsStr>) -> io::Result<bool> {
         match rustix::fs::unlinkat(&self.fd, name.as_ref(), AtFlags::empty()) {

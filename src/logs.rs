@@ -86,15 +86,15 @@ pub fn rotate_if_needed(path: &Path, max_size: u64, keep: u32) -> io::Result<boo
     }
 
     if keep > 0 {
-        // Oldest first, so each rename lands on a name already moved away;
-        // `path.(keep-1)` → `path.keep` replaces (drops) the oldest copy.
-        for n in (1..keep).rev() {
-            match dir.rename(rotated_name(name, n), rotated_name(name, n + 1)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        let first = rotated_name(name, 1);
+        // The copy is made first, under a temp name, so that `.1` is never
+        // missing: readers (`ls`, `tail .log.1`) always find the newest copy.
+        let tmp = copy_private(&dir, &mut file, &first)?;
+        let shifted = shift_copies(&dir, name, keep).and_then(|()| dir.rename(&tmp, &first));
+        if shifted.is_err() {
+            let _ = dir.remove(&tmp);
         }
-        copy_private(&dir, &mut file, &rotated_name(name, 1))?;
+        shifted?;
     }
 
     // Truncate through our fd rather than replacing the file: the service
@@ -103,22 +103,43 @@ pub fn rotate_if_needed(path: &Path, max_size: u64, keep: u32) -> io::Result<boo
     Ok(true)
 }
 
-/// Copies `from` into a new file (mode 0600, `O_EXCL`) renamed to `to`, and
-/// syncs the copy first, so the truncation that follows can never lose data
-/// a crash would have kept.
-fn copy_private(dir: &Dir, from: &mut File, to: &OsStr) -> io::Result<()> {
+/// Moves `.n` → `.(n+1)` for n = keep-1 … 1, dropping the oldest. Oldest
+/// first, so each move lands on a name already moved away. `.1` is hard-linked
+/// to `.2` rather than renamed, so it stays in place until the new copy is
+/// renamed over it. Links in the log directory are moved or linked as links,
+/// never followed.
+fn shift_copies(dir: &Dir, name: &OsStr, keep: u32) -> io::Result<()> {
+    let ignore_missing = |r: io::Result<()>| match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    for n in (2..keep).rev() {
+        ignore_missing(dir.rename(rotated_name(name, n), rotated_name(name, n + 1)))?;
+    }
+    if keep >= 2 {
+        let second = rotated_name(name, 2);
+        dir.remove(&second)?;
+        ignore_missing(dir.link(rotated_name(name, 1), &second))?;
+    }
+    Ok(())
+}
+
+/// Copies `from` into a new file (mode 0600, `O_EXCL`, named after `to`) and
+/// syncs it, so the truncation that follows can never lose data a crash
+/// would have kept. Returns the temp name; the caller renames it.
+fn copy_private(dir: &Dir, from: &mut File, to: &OsStr) -> io::Result<OsString> {
     let mut prefix = to.to_string_lossy().into_owned();
     prefix.push_str(".tmp-");
     let (mut dst, tmp) = dir.create_temp(&prefix)?;
     // Copies to end of file as it is while copying, so lines the service
     // appends during the copy are kept too.
-    let copied = io::copy(from, &mut dst)
-        .and_then(|_| dst.sync_data())
-        .and_then(|()| dir.rename(&tmp, to));
-    if copied.is_err() {
-        let _ = dir.remove(&tmp);
+    match io::copy(from, &mut dst).and_then(|_| dst.sync_data()) {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = dir.remove(&tmp);
+            Err(e)
+        }
     }
-    copied
 }
 
 /// The rotation policy the watch applies: `max-size` and `keep` of the
@@ -206,6 +227,15 @@ impl Drop for SizeWatch {
 }
 
 fn watch(dir: &Path, stop: &AtomicBool) {
+    // Copies of a rotation a crash interrupted: only this thread rotates,
+    // and one coordinator runs per root, so none is in flight now.
+    if let Ok(d) = Dir::own(dir, false, false) {
+        for name in d.names().unwrap_or_default() {
+            if name.to_string_lossy().contains(".log.1.tmp-") {
+                let _ = d.remove(&name);
+            }
+        }
+    }
     let mut logs: HashMap<OsString, Watched> = HashMap::new();
     let mut listed: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {

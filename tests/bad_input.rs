@@ -171,7 +171,7 @@ fn usage_errors_exit_2_and_change_nothing() {
 /// Failures: dead pids, unknown records, exit 1.
 #[test]
 fn failures_exit_1_and_change_nothing() {
-    let (root, _child) = populated();
+    let (root, child) = populated();
     let mut dead = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = dead.id().to_string();
     dead.wait().unwrap();
@@ -202,6 +202,13 @@ fn failures_exit_1_and_change_nothing() {
         1,
         "session nosuch is not registered",
     );
+    rejects(
+        &root,
+        &["session", "spawn", "x", "--session", "NOPE", "--", "true"],
+        1,
+        "session NOPE is not registered or has ended",
+    );
+    root.ok(&["session", "register", "s", &child.id().to_string(), &dir]);
     rejects(
         &root,
         &[

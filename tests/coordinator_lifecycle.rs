@@ -544,9 +544,11 @@ command = ["sh", "chatty.sh"]
         fs::metadata(log("")).is_ok_and(|m| m.len() > 0)
     });
     assert!(!log(".3").exists(), "keep = 2 keeps two copies");
-    assert!(fs::read_to_string(log(".1"))
-        .unwrap()
-        .contains("chatty service"));
+    // Rotation renames `.1` away before the next one arrives: read it once
+    // it is there again.
+    wait_for(LONG, "a rotated copy holding the service's output", || {
+        fs::read_to_string(log(".1")).is_ok_and(|t| t.contains("chatty service"))
+    });
     assert_eq!(
         root.service_pid("chatty"),
         pid,

@@ -148,6 +148,13 @@ fn log_links_and_fifos_are_refused() {
         all.extend([name, "--", "sleep", "1000"]);
         let out = run(&root, &all);
         fails_with_one_line(&out, name, says);
+        // `psm logs` reads neither the link's target nor the FIFO.
+        for follow in [&[][..], &["-f"]] {
+            let mut logs = vec!["logs", if name == "web" { "s1.web" } else { "s1.fifo" }];
+            logs.extend(follow);
+            let out = run(&root, &logs);
+            fails_with_one_line(&out, &format!("{logs:?}"), says);
+        }
     }
     target.assert_intact();
 

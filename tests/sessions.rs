@@ -6,7 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{alive, wait_for, Root, PSM};
+use support::{alive, wait_for, wait_until, Root, PSM};
 
 fn session_run(root: &Root, script: &std::path::Path) -> Command {
     let mut cmd = root.cmd();
@@ -112,6 +112,14 @@ fn session_killed_with_sigkill_is_cleaned_by_cleanup() {
 #[test]
 fn session_spawn_records_a_detached_group_leader() {
     let root = Root::new();
+    let shell = root.sleeper();
+    root.ok(&[
+        "session",
+        "register",
+        "s1",
+        &shell.id().to_string(),
+        &root.path().display().to_string(),
+    ]);
     let out = root
         .cmd()
         .args([
@@ -169,4 +177,213 @@ fn sigterm_to_the_wrapper_cleans_up() {
         assert!(!alive(pid), "pid {pid} survived");
     }
     assert!(root.registry()["sessions"].as_object().unwrap().is_empty());
+}
+
+/// `session spawn` under a session that is not registered is refused with
+/// one line, starts nothing and records nothing.
+#[test]
+fn spawn_under_an_unknown_session_is_refused() {
+    let root = Root::new();
+    let marker = root.file("started");
+    let out = root
+        .cmd()
+        .args([
+            "session",
+            "spawn",
+            "svc",
+            "--session",
+            "NOPE",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("touch {}; exec sleep 1000", marker.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", support::stderr(&out));
+    let err = support::stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("session NOPE"), "{err}");
+    assert!(
+        root.registry()["services"]["sessions"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "{}",
+        root.registry()
+    );
+    // The command would have touched the file at once; `psm` has returned,
+    // so a started process would have had its chance (this only shows that
+    // nothing ran).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "the command was started");
+}
+
+/// The race from the issue: the session's command backgrounds a `session
+/// spawn` and exits at once, so the session is cleaned up while the spawn
+/// runs. Whichever wins, no service survives its session: 20 runs, no leak.
+#[test]
+fn a_spawn_racing_the_end_of_its_session_never_leaks() {
+    let root = Root::new();
+    let pidfile = root.file("pids");
+    for round in 0..20 {
+        let status = root
+            .cmd()
+            .args(["session", "run", "--project"])
+            .arg(root.path())
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "\"$PSM_BIN\" session spawn s{round} -- sh -c 'echo $$ >> {}; exec sleep 1000' > /dev/null 2>&1 & exit 0",
+                pidfile.display()
+            ))
+            .env("PSM_BIN", PSM)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+    // Each backgrounded spawn either recorded its service before the
+    // session ended (then the session's cleanup ends it) or was refused and
+    // ended its own process. Both finish within the spawn's own run; wait
+    // for every spawn CLI of this root (PSM_ROOT in its environment, from
+    // `session run`) to be done.
+    let root_bytes = root
+        .path()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned()
+        .into_bytes();
+    wait_for(Duration::from_secs(20), "every spawn finished", || {
+        support::all_pids().into_iter().all(|p| {
+            let spawning = std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                c.starts_with(PSM.as_bytes()) && c.windows(5).any(|w| w == b"spawn")
+            });
+            !(spawning && alive(p) && support::env_var(p, "PSM_ROOT") == Some(root_bytes.clone()))
+        })
+    });
+    let pids: Vec<i32> = root
+        .read("pids")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for &p in &pids {
+        root.reaper.group(p);
+    }
+    let mut leaked = Vec::new();
+    wait_until(
+        Duration::from_secs(10),
+        "no service outlives its session",
+        || {
+            leaked = pids
+                .iter()
+                .copied()
+                .filter(|&p| alive(p))
+                .collect::<Vec<_>>();
+            if leaked.is_empty() {
+                Ok(())
+            } else {
+                Err(leaked.clone())
+            }
+        },
+    );
+    let reg = root.registry();
+    assert!(
+        reg["services"]["sessions"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "{reg}"
+    );
+    assert!(
+        reg["sessions"].as_object().is_none_or(|m| m.is_empty()),
+        "{reg}"
+    );
+}
+
+/// Services filed under a session that has no record (registered by hand
+/// under a made-up id) are ended by `psm cleanup`, grandchildren included.
+#[test]
+fn cleanup_ends_services_of_a_session_that_does_not_exist() {
+    let root = Root::new();
+    let child = root.sleeper();
+    let pid = child.id() as i32;
+    root.ok(&[
+        "register",
+        "stray",
+        &pid.to_string(),
+        "per-session",
+        "x",
+        "--session",
+        "ghost",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&root.ok(&["cleanup", "--json"])).unwrap();
+    assert_eq!(report["sessions"][0]["session"], "ghost", "{report}");
+    wait_for(Duration::from_secs(5), "the stray service ended", || {
+        !alive(pid)
+    });
+    assert!(root.registry()["services"]["sessions"]
+        .get("ghost")
+        .is_none());
+}
+
+/// The seed's session variable: with the seed's registry on disk,
+/// `CLAUDE_SESSION_ID` names the session when `PSM_SESSION_ID` is unset, and
+/// `session run` exports both to its command.
+#[test]
+fn claude_session_id_is_honoured_and_exported() {
+    let root = Root::new();
+    std::fs::copy("tests/data/seed-registry.json", root.registry_path()).unwrap();
+    let child = root.sleeper();
+    let out = root
+        .cmd()
+        .args([
+            "register",
+            "helper",
+            &child.id().to_string(),
+            "per-session",
+            "h.sh",
+        ])
+        .env("CLAUDE_SESSION_ID", "claude-12345-1234567890")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let reg = root.registry();
+    assert_eq!(
+        reg["services"]["sessions"]["claude-12345-1234567890"]["helper"]["pid"],
+        child.id()
+    );
+    assert_eq!(
+        reg["sessions"]["claude-12345-1234567890"]["pid"], 12345,
+        "seed data kept"
+    );
+    // PSM_SESSION_ID wins over the seed's variable.
+    let out = root
+        .cmd()
+        .args([
+            "register",
+            "other",
+            &child.id().to_string(),
+            "per-session",
+            "h.sh",
+        ])
+        .env("CLAUDE_SESSION_ID", "claude-12345-1234567890")
+        .env("PSM_SESSION_ID", "mine")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(root.registry()["services"]["sessions"]["mine"]["other"].is_object());
+
+    let env_file = root.file("env");
+    let status = root
+        .cmd()
+        .args(["session", "run", "--id", "s-exported", "--project"])
+        .arg(root.path())
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "echo \"$PSM_SESSION_ID $CLAUDE_SESSION_ID\" > {}",
+            env_file.display()
+        ))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(root.read("env").trim(), "s-exported s-exported");
 }

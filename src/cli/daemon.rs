@@ -463,11 +463,11 @@ pub fn logs(paths: &Paths, args: &LogsArgs, service: &str) -> CliResult {
     let mut out = std::io::stdout().lock();
     if args.follow {
         crate::logs::follow(&path, args.lines, &mut out, &|| false)
-            .with_context(|| format!("following {}", path.display()))?;
+            .map_err(|e| log_error(e, "following", &path))?;
     } else {
         use std::io::Write;
-        for line in crate::logs::tail(&path, args.lines)
-            .with_context(|| format!("reading {}", path.display()))?
+        for line in
+            crate::logs::tail(&path, args.lines).map_err(|e| log_error(e, "reading", &path))?
         {
             if writeln!(out, "{line}").is_err() {
                 break;
@@ -475,6 +475,16 @@ pub fn logs(paths: &Paths, args: &LogsArgs, service: &str) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A log that cannot be read: a refusal (a link, a FIFO) already names the
+/// file and the fix; anything else gets the file named.
+fn log_error(e: std::io::Error, doing: &str, path: &Path) -> CliError {
+    if crate::fsx::is_refusal(&e) {
+        CliError::Failed(e.into())
+    } else {
+        CliError::Failed(anyhow::Error::from(e).context(format!("{doing} {}", path.display())))
+    }
 }
 
 #[cfg(test)]

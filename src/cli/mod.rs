@@ -28,6 +28,7 @@ use crate::registry::{
 use crate::supervisor::Extensions;
 use args::{Cli, Command, RegisterArgs, ServiceArgs, SessionCommand};
 pub use entry::main;
+use session::session_or_env;
 
 /// A command's failure, carrying its exit code.
 #[derive(Debug)]
@@ -241,15 +242,6 @@ fn service_key(a: &ServiceArgs) -> Result<ServiceKey, CliError> {
     let scope = scope_of(&a.service_type, a.project.as_deref(), a.session.clone())?;
     input::validate_name("service name", &a.name)?;
     Ok(ServiceKey::new(a.name.clone(), scope))
-}
-
-/// The session id from a flag, else `$PSM_SESSION_ID`.
-fn session_or_env(flag: Option<String>) -> Option<String> {
-    flag.or_else(|| {
-        std::env::var("PSM_SESSION_ID")
-            .ok()
-            .filter(|s| !s.is_empty())
-    })
 }
 
 /// Turns a type name and its owner flags into a validated scope.

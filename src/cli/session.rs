@@ -13,13 +13,17 @@ use nix::unistd::Pid;
 use serde_json::{Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{session_or_env, CliError, CliResult};
+use super::{CliError, CliResult};
 use crate::input::{self, InputError};
 use crate::paths::Paths;
-use crate::process::{spawn_detached, DetachedSpec, Identity};
+use crate::process::group::SESSION_VAR;
+use crate::process::{spawn_detached, terminate, DetachedSpec, Identity, Marker, StopRequest};
 use crate::registry::{Scope, ServiceKey, StateManager};
 
 /// Starts `command` detached as per-session service `name` and prints its pid.
+/// The session must be registered and alive, both before the start and in
+/// the transaction that records the service; if it ended in between, the
+/// process just started is ended again and the command fails.
 pub fn spawn(
     paths: &Paths,
     manager: &StateManager,
@@ -31,14 +35,17 @@ pub fn spawn(
     let session = session_or_env(session).ok_or(InputError::MissingSession)?;
     input::validate_name("session id", &session)?;
     let (program, args) = split_command(command)?;
+    // Nothing is started for a session that is not there.
+    manager.check_session_open(&session)?;
+    let marker = Marker::session_service(paths.root(), &session, name);
     let spec = DetachedSpec {
         program: program.into(),
         args: args.iter().map(OsString::from).collect(),
         cwd: None,
-        env: vec![("PSM_SESSION_ID".into(), session.clone().into())],
+        env: marker.env(),
         log: paths.session_service_log(&session, name),
     };
-    let child = spawn_detached(&spec).with_context(|| format!("cannot start '{program}'"))?;
+    let mut child = spawn_detached(&spec).with_context(|| format!("cannot start '{program}'"))?;
     let pid = child.id() as i32;
     // Not yet reaped by us, so even an instant exit leaves a zombie whose
     // identity is still readable.
@@ -46,13 +53,32 @@ pub fn spawn(
     let mut metadata = Map::new();
     metadata.insert("managedBy".into(), Value::from("session"));
     let key = ServiceKey::new(name, Scope::Session(session));
-    manager.record_service(&key, identity, Some(pid), &command.join(" "), metadata)?;
+    let recorded =
+        manager.record_session_service(&key, identity, Some(pid), &command.join(" "), metadata);
+    if let Err(e) = recorded {
+        // Unrecorded, nobody would ever end it. Our own unreaped child: its
+        // pid cannot have been reused.
+        terminate(&StopRequest::new(identity, Some(pid), manager.grace()).with_marker(marker));
+        let _ = child.wait();
+        return Err(e.into());
+    }
     // Dropping `child` does not wait or kill: the service outlives this CLI
     // and is reparented, which is the point of spawning it detached.
     drop(child);
     println!("{pid}");
     Ok(ExitCode::SUCCESS)
 }
+
+/// The session id from a flag, else `$PSM_SESSION_ID`, else the seed's
+/// `$CLAUDE_SESSION_ID` (so the seed's session scripts keep working).
+pub(super) fn session_or_env(flag: Option<String>) -> Option<String> {
+    let var = |name| std::env::var(name).ok().filter(|s: &String| !s.is_empty());
+    flag.or_else(|| var(SESSION_VAR))
+        .or_else(|| var(SEED_SESSION_VAR))
+}
+
+/// The seed's session variable, set by its `launch-claude.sh`.
+const SEED_SESSION_VAR: &str = "CLAUDE_SESSION_ID";
 
 fn split_command(command: &[String]) -> Result<(&str, &[String]), CliError> {
     match command.split_first() {
@@ -92,7 +118,8 @@ pub fn run(
 
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .env("PSM_SESSION_ID", &id)
+        .env(SESSION_VAR, &id)
+        .env(SEED_SESSION_VAR, &id)
         .env("PSM_PROJECT", &project)
         .env("PSM_ROOT", paths.root());
     hang_up_with_parent(&mut cmd);

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde_json::{json, Map, Value};
@@ -35,11 +36,11 @@ use super::plan::{self, Instances, Start};
 use super::protocol::{Request, Response, Target};
 use crate::config::{Config, Instance};
 use crate::paths::Paths;
-use crate::process::{terminate, Identity, StopRequest};
+use crate::process::{terminate, Identity};
 use crate::registry::writer::{Persist, PersistNow, ReadRegistry};
 use crate::registry::{
-    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, StateManager,
-    Store,
+    status, Registry, RegistryActor, RegistryOp, Scope, ServiceKey, ServiceRecord, SessionRecord,
+    StateManager, Store,
 };
 use crate::supervisor::service::MANAGED_BY;
 use crate::supervisor::{
@@ -311,10 +312,9 @@ impl CoordinatorActor {
     fn end_processes(&mut self, leftovers: Vec<(ServiceKey, ServiceRecord)>, recorded: bool) {
         for (key, record) in leftovers {
             let registry = self.registry.clone();
+            let stop = record.stop_request(&key.name, self.paths.root(), Duration::from_secs(2));
             self.track(async move {
-                if let Some(identity) = record.identity() {
-                    let req =
-                        StopRequest::new(identity, record.pgid, std::time::Duration::from_secs(2));
+                if let Some(req) = stop {
                     let _ = actix_rt::task::spawn_blocking(move || terminate(&req)).await;
                 }
                 if recorded {
@@ -357,10 +357,7 @@ impl CoordinatorActor {
         if self.shutting_down {
             return;
         }
-        for (id, session) in &registry.sessions {
-            if session.is_alive() {
-                continue;
-            }
+        for id in registry.sessions_to_end(SessionRecord::is_alive) {
             let services: Vec<(String, ServiceRecord)> = registry
                 .scope(&Scope::Session(id.clone()))
                 .map(|m| m.iter().map(|(n, r)| (n.clone(), r.clone())).collect())
@@ -368,7 +365,6 @@ impl CoordinatorActor {
             info!(session = %id, services = services.len(), "session ended; cleaning up");
             let manager = StateManager::new(Store::new(self.paths.clone()));
             let registry_addr = self.registry.clone();
-            let id = id.clone();
             self.track(async move {
                 let stopped = services.clone();
                 let _ =

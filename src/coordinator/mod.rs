@@ -284,7 +284,14 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     };
     // A registry that is a link, a FIFO or the seed's lock directory would
     // fail every write: say so now instead of running blind.
-    Store::new(settings.paths.clone()).check_usable()?;
+    let store = Store::new(settings.paths.clone());
+    store.check_usable()?;
+    if let Ok(n @ 1..) = store.remove_leftover_temps() {
+        info!(
+            removed = n,
+            "removed temp files of interrupted registry saves"
+        );
+    }
     // Under the lock, so `up` and the watchdog cannot both decide.
     if settings.respect_down {
         if let Some(mark) = DownMark::read(&settings.paths) {

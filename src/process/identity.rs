@@ -54,32 +54,64 @@ pub fn signallable(pid: i32) -> bool {
 #[cfg(target_os = "linux")]
 impl ProcInfo {
     pub fn read(pid: i32) -> Option<ProcInfo> {
-        use std::io::Read;
-        // One read into a stack buffer: `fs::read` would stat the file (size 0
-        // in /proc) and grow its buffer over several reads. A stat line is a
-        // few hundred bytes; `status` does this once per record, so it counts.
-        let mut buf = [0u8; 1024];
-        let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-        let n = file.read(&mut buf).ok()?;
-        parse_stat(&buf[..n])
+        read_stat_bytes(pid, parse_stat)
     }
+}
+
+/// The stat fields of `pid`, if it exists.
+#[cfg(target_os = "linux")]
+pub(crate) fn read_stat(pid: i32) -> Option<Stat> {
+    read_stat_bytes(pid, parse_stat_fields)
+}
+
+#[cfg(target_os = "linux")]
+fn read_stat_bytes<T>(pid: i32, parse: fn(&[u8]) -> Option<T>) -> Option<T> {
+    use std::io::Read;
+    // One read into a stack buffer: `fs::read` would stat the file (size 0
+    // in /proc) and grow its buffer over several reads. A stat line is a
+    // few hundred bytes; `status` does this once per record, so it counts.
+    let mut buf = [0u8; 1024];
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = file.read(&mut buf).ok()?;
+    parse(&buf[..n])
+}
+
+/// The fields of `/proc/<pid>/stat` psm uses.
+#[cfg(target_os = "linux")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub start_time: u64,
+    pub zombie: bool,
 }
 
 /// Parses `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
 /// parentheses, so fields are counted from the last `)`.
 #[cfg(target_os = "linux")]
-fn parse_stat(stat: &[u8]) -> Option<ProcInfo> {
+pub(crate) fn parse_stat_fields(stat: &[u8]) -> Option<Stat> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     // fields[0] is field 3 (state), so field N is fields[N - 3].
-    let state = fields.first()?;
-    let pgid = fields.get(5 - 3)?.parse().ok()?;
-    let start_time = fields.get(22 - 3)?.parse().ok()?;
-    Some(ProcInfo {
-        start_time,
-        pgid,
-        zombie: *state == "Z" || *state == "X",
+    let field = |n: usize| fields.get(n - 3).copied();
+    let state = field(3)?;
+    Some(Stat {
+        ppid: field(4)?.parse().ok()?,
+        pgid: field(5)?.parse().ok()?,
+        sid: field(6)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+        zombie: state == "Z" || state == "X",
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn parse_stat(stat: &[u8]) -> Option<ProcInfo> {
+    parse_stat_fields(stat).map(|s| ProcInfo {
+        start_time: s.start_time,
+        pgid: s.pgid,
+        zombie: s.zombie,
     })
 }
 
@@ -123,39 +155,6 @@ pub fn group_exists(pgid: i32) -> bool {
     use nix::errno::Errno;
     signallable(pgid)
         && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) != Err(Errno::ESRCH)
-}
-
-/// Live (non-zombie) members of process group `pgid` that started no earlier
-/// than `since`, as identities taken at this moment. Used when a group leader
-/// has already exited but its descendants may still hold the group: the kernel
-/// does not reuse a pid number while a group of that number exists, and the
-/// start-time floor excludes anything older than the group's leader.
-#[cfg(target_os = "linux")]
-pub fn live_group_members(pgid: i32, since: u64) -> Vec<Identity> {
-    // An empty group is the common case (a service without children): the
-    // probe spares a scan of every process on the machine.
-    if !group_exists(pgid) {
-        return Vec::new();
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let info = ProcInfo::read(pid)?;
-            (info.pgid == pgid && !info.zombie && info.start_time >= since).then_some(Identity {
-                pid,
-                start_time: info.start_time,
-            })
-        })
-        .collect()
-}
-
-/// Without a process table to scan, a group whose leader is gone is left alone:
-/// psm cannot prove who its members are.
-#[cfg(not(target_os = "linux"))]
-pub fn live_group_members(_pgid: i32, _since: u64) -> Vec<Identity> {
-    Vec::new()
 }
 
 /// Services the coordinator of `root` spawned that are still running, as

@@ -4,8 +4,10 @@
 //! - never pid 0, 1 or a negative pid (`identity::signallable`);
 //! - a process is signalled only while its recorded identity matches;
 //! - a recorded process-group leader is signalled as a group, so its
-//!   grandchildren go with it. If the leader is already gone, the surviving
-//!   members are found and signalled one by one, each by its own identity.
+//!   grandchildren go with it, while it still holds its pid. If the leader
+//!   is already gone, only members that prove they descend from it
+//!   (`group::judge`: the marker psm set, or a proven parent) are signalled,
+//!   one by one, each by its own identity; a reused pid means nothing is.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,7 +15,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use super::identity::{live_group_members, signallable, Identity};
+use super::group::{targets, Marker, Targets};
+use super::identity::{signallable, Identity};
 
 /// How often termination polls for the processes to be gone.
 const POLL: Duration = Duration::from_millis(10);
@@ -21,7 +24,7 @@ const POLL: Duration = Duration::from_millis(10);
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// One process (and optionally its group) to stop.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StopRequest {
     pub identity: Identity,
     /// The recorded process group. Honoured only when it equals the pid, i.e.
@@ -31,6 +34,8 @@ pub struct StopRequest {
     pub signal: Signal,
     /// How long after the polite signal before SIGKILL.
     pub grace: Duration,
+    /// What the group's members carry once the leader is gone.
+    pub marker: Marker,
 }
 
 /// What `terminate` found and did.
@@ -53,7 +58,14 @@ impl StopRequest {
             pgid,
             signal: Signal::SIGTERM,
             grace,
+            marker: Marker::none(),
         }
+    }
+
+    /// The marker psm set on the process it spawned (see `group`).
+    pub fn with_marker(mut self, marker: Marker) -> Self {
+        self.marker = marker;
+        self
     }
 
     fn group(&self) -> Option<i32> {
@@ -64,13 +76,16 @@ impl StopRequest {
     /// Everything this request still covers that runs right now.
     fn anything_alive(&self) -> bool {
         self.identity.is_alive()
-            || self
-                .group()
-                .is_some_and(|g| !live_group_members(g, self.identity.start_time).is_empty())
+            || self.group().is_some()
+                && match targets(self.identity, &self.marker) {
+                    Targets::Group(_) => true,
+                    Targets::Members(members) => !members.is_empty(),
+                    Targets::Nothing => false,
+                }
     }
 
     fn send(&self, sig: Signal) -> bool {
-        signal_tree(self.identity, self.pgid, sig)
+        signal_marked(self.identity, self.pgid, &self.marker, sig)
     }
 
     fn wait_gone(&self, limit: Duration) -> bool {
@@ -88,35 +103,40 @@ impl StopRequest {
 }
 
 /// Sends `sig` to the recorded process, or to its whole group if it leads one,
-/// without waiting. If the leader has already exited, its group's surviving
-/// members are signalled one by one. Returns whether anything was signalled.
-/// Never signals anything whose identity does not match.
+/// without waiting. Members of a group whose leader is gone are signalled
+/// only if they prove their descent (none can without a marker). Returns
+/// whether anything was signalled. Never signals anything whose identity
+/// does not match.
 pub fn signal_tree(identity: Identity, pgid: Option<i32>, sig: Signal) -> bool {
+    signal_marked(identity, pgid, &Marker::none(), sig)
+}
+
+/// `signal_tree` for a process psm spawned with `marker` in its environment:
+/// members left in its group after it exited are found by the marker.
+pub fn signal_marked(identity: Identity, pgid: Option<i32>, marker: &Marker, sig: Signal) -> bool {
     if !signallable(identity.pid) {
         return false;
     }
     let group = pgid.filter(|&g| g == identity.pid && signallable(g));
-    if identity.is_alive() {
-        // The leader's identity vouches for the group: only its descendants
-        // can join a group in its session.
-        let sent = match group {
-            Some(g) => killpg(Pid::from_raw(g), sig),
-            None => kill(Pid::from_raw(identity.pid), sig),
-        };
-        return sent.is_ok();
+    if group.is_none() {
+        return identity.is_alive() && kill(Pid::from_raw(identity.pid), sig).is_ok();
     }
-    let Some(group) = group else {
-        return false;
-    };
-    let mut any = false;
-    for member in live_group_members(group, identity.start_time) {
-        // Re-checked per member: it may have exited (and its pid been
-        // reused) since the scan.
-        if signallable(member.pid) && member.is_alive() {
-            any |= kill(Pid::from_raw(member.pid), sig).is_ok();
+    match targets(identity, marker) {
+        // The leader still holds its pid, so the group is the one it made.
+        Targets::Group(g) => killpg(Pid::from_raw(g), sig).is_ok(),
+        Targets::Members(members) => {
+            let mut any = false;
+            for member in members {
+                // Re-checked per member: it may have exited (and its pid been
+                // reused) since the scan.
+                if signallable(member.pid) && member.is_alive() {
+                    any |= kill(Pid::from_raw(member.pid), sig).is_ok();
+                }
+            }
+            any
         }
+        Targets::Nothing => false,
     }
-    any
 }
 
 /// Stops the process (and its group): the polite signal, then SIGKILL after

@@ -17,7 +17,7 @@ use super::model::{
     status, Registry, Scope, ServiceKey, ServiceRecord, ServiceType, SessionRecord,
 };
 use super::store::{Store, StoreError};
-use crate::process::{terminate, Identity, ProcInfo, StopOutcome, StopRequest};
+use crate::process::{terminate, Identity, ProcInfo, StopOutcome};
 use crate::time::now_millis;
 
 /// Default time between SIGTERM and SIGKILL.
@@ -33,6 +33,8 @@ pub enum ManagerError {
     NotFound(ServiceKey),
     #[error("session {0} is not registered")]
     SessionNotFound(String),
+    #[error("session {0} is not registered or has ended; start the service inside a live session (`psm session run -- CMD`, or `psm session register` first)")]
+    SessionClosed(String),
 }
 
 /// What `register_service` records.
@@ -188,13 +190,45 @@ impl StateManager {
         script: &str,
         metadata: Map<String, Value>,
     ) -> Result<ServiceRecord, ManagerError> {
+        self.store
+            .update(|registry| Ok(file(registry, key, identity, pgid, script, metadata)))
+    }
+
+    /// Records a process psm itself started as a per-session service, in
+    /// the same locked transaction that checks its session is registered and
+    /// alive: a session cleaned up a moment before is never given a service
+    /// nobody would end. On `SessionClosed` nothing was written.
+    pub fn record_session_service(
+        &self,
+        key: &ServiceKey,
+        identity: Identity,
+        pgid: Option<i32>,
+        script: &str,
+        metadata: Map<String, Value>,
+    ) -> Result<ServiceRecord, ManagerError> {
+        let Scope::Session(session) = &key.scope else {
+            return self.record_service(key, identity, pgid, script, metadata);
+        };
         self.store.update(|registry| {
-            let mut record = ServiceRecord::new(&key.scope, script, identity, now_millis());
-            record.metadata = metadata;
-            record.pgid = pgid;
-            registry.insert(key, record.clone());
-            Ok(record)
+            if !registry
+                .sessions
+                .get(session)
+                .is_some_and(SessionRecord::is_alive)
+            {
+                return Err(ManagerError::SessionClosed(session.clone()));
+            }
+            Ok(file(registry, key, identity, pgid, script, metadata))
         })
+    }
+
+    /// Fails with `SessionClosed` unless session `id` is registered and its
+    /// process alive (a read: the check that counts is the one in
+    /// `record_session_service`).
+    pub fn check_session_open(&self, id: &str) -> Result<(), ManagerError> {
+        match self.store.read()?.sessions.get(id) {
+            Some(s) if s.is_alive() => Ok(()),
+            _ => Err(ManagerError::SessionClosed(id.to_string())),
+        }
     }
 
     /// Removes a record (the process is left alone), returning it.
@@ -290,9 +324,8 @@ impl StateManager {
             let handles: Vec<_> = services
                 .iter()
                 .filter_map(|(name, record)| {
-                    let identity = record.identity()?;
-                    let req = StopRequest::new(identity, record.pgid, self.grace);
-                    Some(s.spawn(move || (name, identity.pid, terminate(&req))))
+                    let req = record.stop_request(name, self.store.paths().root(), self.grace)?;
+                    Some(s.spawn(move || (name, req.identity.pid, terminate(&req))))
                 })
                 .collect();
             handles
@@ -308,19 +341,13 @@ impl StateManager {
         })
     }
 
-    /// Cleans up sessions whose process is gone (stopping their services),
+    /// Cleans up sessions whose process is gone and services filed under a
+    /// session that does not exist (stopping their services),
     /// then removes every record whose process is gone. Records without a
     /// process (a `failed` service) are state, not processes, and stay.
     pub fn cleanup_dead_processes(&self) -> Result<CleanupReport, ManagerError> {
         let mut report = CleanupReport::default();
-        let dead_sessions: Vec<String> = self
-            .store
-            .read()?
-            .sessions
-            .iter()
-            .filter(|(_, s)| !s.is_alive())
-            .map(|(id, _)| id.clone())
-            .collect();
+        let dead_sessions = self.store.read()?.sessions_to_end(SessionRecord::is_alive);
         for id in dead_sessions {
             match self.cleanup_session(&id) {
                 Ok(cleanup) => report.sessions.push(cleanup),
@@ -354,6 +381,22 @@ impl StateManager {
     pub fn get_health_status(&self) -> Result<HealthStatus, ManagerError> {
         Ok(health_of(&self.store.read()?))
     }
+}
+
+/// Inserts a running record of `identity` under `key`, stamped now.
+fn file(
+    registry: &mut Registry,
+    key: &ServiceKey,
+    identity: Identity,
+    pgid: Option<i32>,
+    script: &str,
+    metadata: Map<String, Value>,
+) -> ServiceRecord {
+    let mut record = ServiceRecord::new(&key.scope, script, identity, now_millis());
+    record.metadata = metadata;
+    record.pgid = pgid;
+    registry.insert(key, record.clone());
+    record
 }
 
 /// Removes the records of a session's services that were stopped, but only

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::process::Identity;
+use crate::process::{Identity, Marker, StopRequest};
 
 pub const REGISTRY_VERSION: &str = "3.0.0";
 
@@ -252,6 +252,39 @@ impl ServiceRecord {
         })
     }
 
+    /// The environment marker psm set when it spawned this record's process,
+    /// by which the members of its group prove their descent once it is gone
+    /// (`process::group`). `name` is the record's name in its scope. A process
+    /// psm did not spawn (registered by hand) has none: only it is signalled.
+    pub fn marker(&self, name: &str, root: &std::path::Path) -> Marker {
+        let managed_by = self.metadata.get("managedBy").and_then(Value::as_str);
+        match (managed_by, self.service_type, &self.session_id) {
+            (Some("coordinator"), _, _) => self
+                .metadata
+                .get("instance")
+                .and_then(Value::as_str)
+                .map_or_else(Marker::none, |label| Marker::service(root, label)),
+            (Some("session"), ServiceType::PerSession, Some(session)) => {
+                Marker::session_service(root, session, name)
+            }
+            _ => Marker::none(),
+        }
+    }
+
+    /// How to stop this record's process and the group it leads, or `None`
+    /// when the record names no process that psm could vouch for.
+    pub fn stop_request(
+        &self,
+        name: &str,
+        root: &std::path::Path,
+        grace: std::time::Duration,
+    ) -> Option<StopRequest> {
+        Some(
+            StopRequest::new(self.identity()?, self.pgid, grace)
+                .with_marker(self.marker(name, root)),
+        )
+    }
+
     /// True only while the recorded process runs. A record without a start
     /// time (written by the seed) cannot be vouched for and counts as dead:
     /// unknown is never healthy.
@@ -432,6 +465,27 @@ impl Registry {
         global.chain(projects).chain(sessions)
     }
 
+    /// The sessions whose services must end now: every registered session
+    /// whose process is gone (`alive` judges a session), and every session
+    /// scope that holds services but has no session record at all (it never
+    /// existed, or was cleaned up while a service was being filed under it).
+    /// Sorted, each once.
+    pub fn sessions_to_end(&self, alive: impl Fn(&SessionRecord) -> bool) -> Vec<String> {
+        let dead = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !alive(s))
+            .map(|(id, _)| id);
+        let orphaned = self
+            .services
+            .sessions
+            .iter()
+            .filter(|(id, services)| !services.is_empty() && !self.sessions.contains_key(*id))
+            .map(|(id, _)| id);
+        let ids: std::collections::BTreeSet<&String> = dead.chain(orphaned).collect();
+        ids.into_iter().cloned().collect()
+    }
+
     pub fn service_count(&self) -> usize {
         self.services.global.len()
             + self
@@ -478,6 +532,118 @@ mod tests {
             back["sessions"]["claude-12345-1234567890"]["projectPath"],
             "/path/to/project"
         );
+    }
+
+    #[test]
+    fn sessions_to_end_table() {
+        let session = |pid| SessionRecord {
+            pid,
+            project_path: String::new(),
+            start_time: 0,
+            pid_start_time: Some(1),
+            extra: Map::new(),
+        };
+        let id = Identity {
+            pid: 10,
+            start_time: 1,
+        };
+        let with_service = |reg: &mut Registry, s: &str| {
+            let key = ServiceKey::new("svc", Scope::Session(s.into()));
+            reg.insert(&key, ServiceRecord::new(&key.scope, "x", id, 0));
+        };
+        // Sessions with pid 1 are "alive", any other pid "dead".
+        let alive = |s: &SessionRecord| s.pid == 1;
+        // (what, sessions as (id, pid), session scopes with a service, want)
+        type Case<'a> = (&'a str, Vec<(&'a str, i32)>, Vec<&'a str>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("nothing registered", vec![], vec![], vec![]),
+            (
+                "live session with services",
+                vec![("a", 1)],
+                vec!["a"],
+                vec![],
+            ),
+            (
+                "dead session without services",
+                vec![("a", 2)],
+                vec![],
+                vec!["a"],
+            ),
+            (
+                "dead session with services",
+                vec![("a", 2)],
+                vec!["a"],
+                vec!["a"],
+            ),
+            (
+                "services under no session",
+                vec![],
+                vec!["nope"],
+                vec!["nope"],
+            ),
+            (
+                "mixed",
+                vec![("live", 1), ("dead", 2)],
+                vec!["live", "dead", "gone"],
+                vec!["dead", "gone"],
+            ),
+        ];
+        for (what, sessions, scopes, want) in cases {
+            let mut reg = Registry::default();
+            for (s, pid) in sessions {
+                reg.sessions.insert(s.into(), session(pid));
+            }
+            for s in scopes {
+                with_service(&mut reg, s);
+            }
+            assert_eq!(reg.sessions_to_end(alive), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn markers_follow_who_spawned_the_record() {
+        let root = std::path::Path::new("/r");
+        let id = Identity {
+            pid: 10,
+            start_time: 1,
+        };
+        let record = |scope: &Scope, meta: &[(&str, &str)]| {
+            let mut r = ServiceRecord::new(scope, "x", id, 0);
+            for (k, v) in meta {
+                r.metadata.insert((*k).into(), Value::from(*v));
+            }
+            r
+        };
+        let session = Scope::Session("s1".into());
+        let cases = [
+            (
+                "coordinator service: its instance label",
+                record(
+                    &Scope::Global,
+                    &[("managedBy", "coordinator"), ("instance", "web@p")],
+                ),
+                Marker::service(root, "web@p"),
+            ),
+            (
+                "coordinator record without a label proves nothing",
+                record(&Scope::Global, &[("managedBy", "coordinator")]),
+                Marker::none(),
+            ),
+            (
+                "session spawn: session and name",
+                record(&session, &[("managedBy", "session")]),
+                Marker::session_service(root, "s1", "svc"),
+            ),
+            ("registered by hand", record(&session, &[]), Marker::none()),
+            (
+                "a foreign managedBy",
+                record(&Scope::Global, &[("managedBy", "watchdog")]),
+                Marker::none(),
+            ),
+        ];
+        for (what, r, want) in cases {
+            assert_eq!(r.marker("svc", root), want, "{what}");
+        }
     }
 
     #[test]

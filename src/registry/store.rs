@@ -213,6 +213,25 @@ impl Store {
         }
     }
 
+    /// Removes the temp files of saves a crash (or SIGKILL) interrupted.
+    /// Under the exclusive lock no save is in flight, so every temp file
+    /// there is a leftover. For start-up: it lists the root, which may be a
+    /// large repository, so not on every write. Returns how many it removed.
+    pub fn remove_leftover_temps(&self) -> Result<usize, StoreError> {
+        let (root, _guard) = self.lock(true)?;
+        let prefix = format!("{REGISTRY_FILE}.");
+        let names = root.names().unwrap_or_default();
+        Ok(names
+            .iter()
+            .filter(|n| {
+                let n = n.to_string_lossy();
+                n.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest.contains(".tmp-") || rest.starts_with("tmp-"))
+            })
+            .filter(|n| root.remove(n).unwrap_or(false))
+            .count())
+    }
+
     /// Waits for the shared lock as a read would and releases it: for
     /// commands that ask the coordinator to change a record, so that a stuck
     /// lock holder fails them at once, with its pid, instead of leaving the
@@ -589,6 +608,38 @@ mod tests {
         for &(major, minor, inode, want) in cases {
             assert_eq!(flock_holders(text, major, minor, inode), want, "{inode}");
         }
+    }
+
+    /// Temp files of interrupted saves (of the registry or a corrupt copy)
+    /// are removed at start-up; nothing else is.
+    #[test]
+    fn leftover_temps_are_removed() {
+        let (_dir, store) = store();
+        let root = store.paths.root().to_path_buf();
+        for name in [
+            ".live-process-registry.json.tmp-0123456789abcdef",
+            ".live-process-registry.json.corrupt-1-ab.tmp-0123456789abcdef",
+            ".live-process-registry.json",
+            ".live-process-registry.json.corrupt-1-ab",
+            "notes.tmp-1",
+        ] {
+            fs::write(root.join(name), b"{}").unwrap();
+        }
+        assert_eq!(store.remove_leftover_temps().unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".live-process-registry.json",
+                ".live-process-registry.json.corrupt-1-ab",
+                "notes.tmp-1"
+            ]
+        );
     }
 
     /// A held lock ends a command's wait at the deadline, naming the holder.

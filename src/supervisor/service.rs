@@ -38,7 +38,8 @@ use super::phase::{Action, Event, Lifecycle, Phase};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
 use crate::process::{
-    detached_command, signal_tree, terminate, DetachedSpec, Identity, ProcInfo, StopRequest,
+    detached_command, signal_marked, signal_tree, terminate, DetachedSpec, Identity, Marker,
+    ProcInfo, StopRequest,
 };
 use crate::registry::model::EXITS_KEPT;
 use crate::registry::{status, ExitRecord, RegistryHandle, RegistryOp, ServiceRecord};
@@ -126,6 +127,11 @@ impl ServiceActor {
         }
     }
 
+    /// The environment marker of this instance's processes (`process::group`).
+    fn marker(&self) -> Marker {
+        Marker::service(self.paths.root(), &self.inst.label)
+    }
+
     fn script(&self) -> String {
         self.inst.spec.command.join(" ")
     }
@@ -204,10 +210,7 @@ impl ServiceActor {
                 .env
                 .iter()
                 .map(|(k, v)| (k.into(), v.into()))
-                .chain([
-                    ("PSM_SERVICE".into(), self.inst.label.clone().into()),
-                    ("PSM_ROOT".into(), self.paths.root().as_os_str().to_owned()),
-                ])
+                .chain(self.marker().env())
                 .collect(),
             log: self.paths.service_log(&self.inst.label),
         };
@@ -316,8 +319,9 @@ impl ServiceActor {
         // done on a blocking thread, off the restart's path.
         let identity = run.identity;
         if crate::process::identity::group_exists(identity.pid) {
+            let marker = self.marker();
             actix_rt::task::spawn_blocking(move || {
-                signal_tree(identity, Some(identity.pid), Signal::SIGKILL)
+                signal_marked(identity, Some(identity.pid), &marker, Signal::SIGKILL)
             });
         }
         // A run ended by a failed probe was healthy until then, so its uptime
