@@ -126,3 +126,44 @@ fn one_service_is_unchanged() {
     let out = root.psm(&["logs", "--project", "/tmp"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `--since 10m` leaves out lines stamped earlier (and the lines that
+/// continue them), with and without a service; a bad duration is a usage
+/// error.
+#[test]
+fn since_filters_stamped_lines() {
+    let root = Root::new();
+    let script = root.script(
+        "stamped.sh",
+        r#"echo "2000-01-01T00:00:00Z ancient"
+echo "  ancient detail"
+echo "[$(date -u +%Y-%m-%dT%H:%M:%SZ)] fresh"
+echo "  fresh detail"
+exec sleep 1000"#,
+    );
+    root.write_config(&format!(
+        "{FAST}\n[[service]]\nname = \"api\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\n",
+        script.display()
+    ));
+    root.up();
+    wait_for(WAIT, "api's log", || {
+        fs::read_to_string(root.file(".logs/api.log")).is_ok_and(|t| t.contains("fresh detail"))
+    });
+    let all = root.ok(&["logs", "--since", "10m"]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 2, "{all}");
+    assert!(
+        lines[0].starts_with("api       | [") && lines[0].ends_with("] fresh"),
+        "{all}"
+    );
+    assert_eq!(lines[1], "api       |   fresh detail");
+    let one = root.ok(&["logs", "api", "--since", "10m"]);
+    assert!(
+        !one.contains("ancient") && one.ends_with("] fresh\n  fresh detail\n"),
+        "{one}"
+    );
+    assert!(root.ok(&["logs", "api"]).contains("ancient detail"));
+    let bad = root.psm(&["logs", "--since", "banana"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(stderr(&bad).lines().count(), 1, "{}", stderr(&bad));
+}

@@ -16,7 +16,7 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
@@ -36,10 +36,11 @@ const MAX_WIDTH: usize = 24;
 /// an error, and no black/white: invisible on one theme or the other).
 const COLOURS: [u8; 6] = [36, 33, 32, 35, 34, 96];
 
-/// `psm logs [-f] [-n N]` for every service.
-pub fn run(paths: &Paths, lines: usize, follow: bool) -> CliResult {
+/// `psm logs [-f] [-n N] [--since D]` for every service.
+pub fn run(paths: &Paths, lines: usize, follow: bool, since: Option<Duration>) -> CliResult {
     let dir = paths.logs_dir();
     let labels = service_logs(&dir)?;
+    let since = since.map(Since::new);
     let colour = wants_colour(
         io::stdout().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
@@ -66,7 +67,11 @@ pub fn run(paths: &Paths, lines: usize, follow: bool) -> CliResult {
                 }
             };
             let prefix = style.prefix(label, i);
+            let mut since = since;
             for line in tail {
+                if !since.as_mut().is_none_or(|s| s.keep(line.as_bytes())) {
+                    continue;
+                }
                 if writeln!(out, "{prefix}{line}").is_err() {
                     return Ok(ExitCode::SUCCESS); // the reader went away
                 }
@@ -85,7 +90,7 @@ pub fn run(paths: &Paths, lines: usize, follow: bool) -> CliResult {
             let path = paths.service_log(&label);
             let gone = Arc::clone(&gone);
             std::thread::spawn(move || {
-                let mut out = Prefixed::new(prefix);
+                let mut out = Prefixed::new(prefix, since);
                 let stop = || gone.load(Ordering::Relaxed);
                 match crate::logs::follow(&path, lines, &mut out, &stop) {
                     // A broken pipe ends the follower: the reader went away.
@@ -158,20 +163,71 @@ impl Style {
 
 /// A writer that prefixes each complete line and writes it to stdout under
 /// its lock; a partial line waits for its newline.
-struct Prefixed {
+pub(super) struct Prefixed {
     prefix: String,
     pending: Vec<u8>,
     broken: bool,
+    since: Option<Since>,
 }
 
 impl Prefixed {
-    fn new(prefix: String) -> Self {
+    pub(super) fn new(prefix: String, since: Option<Since>) -> Self {
         Prefixed {
             prefix,
             pending: Vec::new(),
             broken: false,
+            since,
         }
     }
+}
+
+/// `--since`: keeps a line whose leading time is at or after the cutoff;
+/// a line without a time goes with the line before it (a stack trace stays
+/// with its first line), and lines before the first timed one are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Since {
+    cutoff: SystemTime,
+    keeping: bool,
+}
+
+impl Since {
+    pub fn new(ago: Duration) -> Since {
+        Since::at(
+            SystemTime::now()
+                .checked_sub(ago)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        )
+    }
+
+    fn at(cutoff: SystemTime) -> Since {
+        Since {
+            cutoff,
+            keeping: true,
+        }
+    }
+
+    pub fn keep(&mut self, line: &[u8]) -> bool {
+        if let Some(time) = line_time(line) {
+            self.keeping = time >= self.cutoff;
+        }
+        self.keeping
+    }
+}
+
+/// The RFC 3339 time a line starts with, if any: `2026-11-26T23:10:00Z`,
+/// `2026-11-26 23:10:00.123+00:00`, either in `[...]`.
+fn line_time(line: &[u8]) -> Option<SystemTime> {
+    let head = std::str::from_utf8(&line[..line.len().min(64)])
+        .or_else(|e| std::str::from_utf8(&line[..e.valid_up_to()]))
+        .ok()?;
+    let head = head.strip_prefix('[').unwrap_or(head);
+    let mut words = head.split([' ', ']']);
+    let first = words.next()?;
+    if let Ok(t) = humantime::parse_rfc3339_weak(first) {
+        return Some(t);
+    }
+    let two = format!("{first} {}", words.next()?);
+    humantime::parse_rfc3339_weak(&two).ok()
 }
 
 impl Write for Prefixed {
@@ -182,6 +238,9 @@ impl Write for Prefixed {
         };
         let mut text = Vec::with_capacity(last + 1);
         for line in self.pending[..=last].split_inclusive(|&b| b == b'\n') {
+            if !self.since.as_mut().is_none_or(|s| s.keep(line)) {
+                continue;
+            }
             text.extend_from_slice(self.prefix.as_bytes());
             text.extend_from_slice(line);
         }
@@ -220,6 +279,28 @@ mod tests {
         .map(OsString::from)
         .to_vec();
         assert_eq!(service_labels(names), vec!["api@proj", "s1.worker", "web"]);
+    }
+
+    #[test]
+    fn since_keeps_recent_lines_and_their_continuations() {
+        let cutoff = humantime::parse_rfc3339("2026-11-26T23:00:00Z").unwrap();
+        let mut since = Since::at(cutoff);
+        let cases: [(&str, bool); 9] = [
+            ("no time yet", true),
+            ("2026-11-26T22:59:59Z old", false),
+            ("  at a stack frame", false),
+            ("[2026-11-26 23:00:00] at the cutoff", true),
+            ("continued", true),
+            ("2026-11-26T22:00:00.5+00:00 older", false),
+            ("[2026-11-26T23:30:00Z]new", true),
+            ("2026-13-99T00:00:00Z not a time", true),
+            ("\u{fffd}2026", true),
+        ];
+        for (line, want) in cases {
+            assert_eq!(since.keep(line.as_bytes()), want, "{line:?}");
+        }
+        assert_eq!(line_time(&[0xff, b'x']), None);
+        assert_eq!(line_time(b""), None);
     }
 
     #[test]

@@ -319,4 +319,9 @@ pub struct LogsArgs {
     /// How many lines to print first.
     #[arg(short = 'n', long, default_value_t = 50)]
     pub lines: usize,
+    /// Leave out lines older than this ("10m", "2h") among those that start
+    /// with an RFC 3339 time ("2026-11-26T23:10:00Z", also in brackets);
+    /// lines without one go with the line before them.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
 }

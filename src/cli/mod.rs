@@ -167,7 +167,7 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Reload => daemon::reload(&paths),
         Command::Logs(a) => match &a.service {
             Some(service) => daemon::logs(&paths, &a, service),
-            None => all_logs::run(&paths, a.lines, a.follow),
+            None => all_logs::run(&paths, a.lines, a.follow, a.since),
         },
         Command::Top => top::run(&paths, &manager),
         Command::Watchdog(a) => watch::watchdog(&paths, a),
