@@ -167,3 +167,63 @@ exec sleep 1000"#,
     assert_eq!(bad.status.code(), Some(2));
     assert_eq!(stderr(&bad).lines().count(), 1, "{}", stderr(&bad));
 }
+
+/// With `[logs] timestamps = true` every line of a service's log starts
+/// with the time it was written (stdout and stderr, a last line without a
+/// newline included), `--since` can filter them, and the stamper ends with
+/// the service: after `psm stop` no stamper is left.
+#[cfg(target_os = "linux")] // finds the stamper through /proc/<pid>/cmdline
+#[test]
+fn timestamps_stamp_every_line() {
+    let root = Root::new();
+    root.write_config(&format!(
+        "{FAST}[logs]\ntimestamps = true\n\n[[service]]\nname = \"api\"\ntype = \"global\"\ncommand = [\"sh\", \"-c\", \"echo out; echo err >&2; printf tail; exec sleep 1000\"]\n"
+    ));
+    root.up();
+    let log = root.file(".logs/api.log");
+    wait_for(WAIT, "two stamped lines", || {
+        fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 2)
+    });
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for (line, want) in lines.iter().zip(["out", "err"]) {
+        let (stamp, rest) = line.split_once("] ").unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(rest, want, "{text}");
+        let stamp = stamp.strip_prefix('[').unwrap();
+        humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{stamp}: {e}"));
+    }
+    let since = root.ok(&["logs", "api", "--since", "10m"]);
+    assert_eq!(since.lines().count(), 2, "{since}");
+    let stampers = || {
+        all_pids()
+            .into_iter()
+            .filter(|&p| {
+                fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*log.to_string_lossy()))
+            })
+            .count()
+    };
+    assert_eq!(stampers(), 1, "one stamper for the one service");
+    root.ok(&["stop", "api"]);
+    // The last line without a newline is written when the pipe closes.
+    wait_for(WAIT, "the partial line and the stamper's end", || {
+        fs::read_to_string(&log).is_ok_and(|t| t.ends_with("] tail\n")) && stampers() == 0
+    });
+}
+
+/// `timestamps` must be a boolean: anything else is one line naming the
+/// file, line and key, and nothing starts.
+#[test]
+fn timestamps_must_be_a_boolean() {
+    let root = Root::new();
+    root.write_config("[logs]\ntimestamps = \"yes\"\n");
+    let out = root.psm(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("psm.toml line 2: bad value for 'timestamps' in [logs]"),
+        "{err}"
+    );
+    assert_eq!(root.coordinator_pid(), None);
+}

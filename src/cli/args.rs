@@ -87,6 +87,10 @@ pub enum Command {
     },
     /// Print psm's man page (roff): `psm man > ~/.local/share/man/man1/psm.1`.
     Man,
+    /// (Internal) Copy stdin to LOG, each line preceded by its time: what
+    /// a service writes through with `[logs] timestamps = true`.
+    #[command(hide = true)]
+    LogStamp { log: PathBuf },
 }
 
 /// The shells `psm completions` writes a script for.

@@ -90,6 +90,11 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
     match cli.command {
         Command::Completions { shell } => return completions::print_registration(shell),
         Command::Man => return completions::print_man(),
+        Command::LogStamp { log } => {
+            crate::logs::stamp(std::io::stdin().lock(), &log)
+                .with_context(|| format!("stamping into {}", log.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let paths = Paths::resolve(cli.root.as_deref()).context("finding the current directory")?;
@@ -174,6 +179,7 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Verify(a) => watch::verify(&paths, &manager, &a),
         Command::Completions { shell } => completions::print_registration(shell),
         Command::Man => completions::print_man(),
+        Command::LogStamp { .. } => unreachable!("handled above"),
     }
 }
 

@@ -214,8 +214,13 @@ impl ServiceActor {
                 .collect(),
             log: self.paths.service_log(&self.inst.label),
         };
-        let spawned =
-            detached_command(&detached).and_then(|cmd| tokio::process::Command::from(cmd).spawn());
+        let spawned = detached_command(&detached).and_then(|mut cmd| {
+            if crate::logs::timestamps() {
+                let pipe = start_stamper(&detached.log)?;
+                cmd.stdout(pipe.try_clone()?).stderr(pipe);
+            }
+            tokio::process::Command::from(cmd).spawn()
+        });
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -688,6 +693,34 @@ fn exit_record(time: u64, code: Option<i32>, signal: Option<i32>) -> ExitRecord 
         signal: name,
         reason,
     }
+}
+
+/// Starts `psm log-stamp <log>` in a session of its own, reading a new
+/// pipe; returns the pipe's write end for the service's stdout and stderr.
+/// The stamper ends at end of input, when the service and all its
+/// descendants have closed the pipe. Dropped here unawaited: tokio reaps
+/// it in the background when it exits.
+fn start_stamper(log: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::process::CommandExt;
+    // Close-on-exec: no other spawn inherits either end, or the stamper
+    // would never see the end of its input.
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("log-stamp")
+        .arg(log)
+        .stdin(reader)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    tokio::process::Command::from(cmd).spawn()?;
+    Ok(writer)
 }
 
 /// Resolves when the (not our child) process `identity` exits.
