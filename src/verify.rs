@@ -412,14 +412,13 @@ fn check_ports(reg: &Registry, cfg: &Config, out: &mut Vec<Finding>) {
         let Some(HealthSpec::Port { host, port }) = &spec.health else {
             continue;
         };
-        let own_running = reg
+        let running: Vec<Identity> = reg
             .services()
-            .any(|(k, r)| k.name == spec.name && r.is_alive());
-        let level_reason = if own_running {
-            (
-                Level::Pass,
-                format!("{host}:{port} held by {} (running)", spec.name),
-            )
+            .filter(|(k, r)| k.name == spec.name && r.is_alive())
+            .filter_map(|(_, r)| r.identity())
+            .collect();
+        let level_reason = if !running.is_empty() {
+            port_holder(host, *port, &spec.name, &running)
         } else {
             match std::net::TcpListener::bind((host.as_str(), *port)) {
                 Ok(_) => (Level::Pass, format!("{host}:{port} free for {}", spec.name)),
@@ -433,6 +432,47 @@ fn check_ports(reg: &Registry, cfg: &Config, out: &mut Vec<Finding>) {
             }
         };
         out.push(finding("port", level_reason.0, level_reason.1));
+    }
+}
+
+/// Who holds the port of a running service: "held by" only when its
+/// listening socket is in the service's process tree (`sockets::owner_check`).
+fn port_holder(host: &str, port: u16, name: &str, running: &[Identity]) -> (Level, String) {
+    use crate::process::sockets::{owner_check, Owner};
+    use std::net::ToSocketAddrs;
+    let ips: Vec<std::net::IpAddr> = (host, port)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    let mut seen = Vec::new();
+    for &ip in &ips {
+        for &id in running {
+            match owner_check(ip, port, id) {
+                Owner::Service => {
+                    return (
+                        Level::Pass,
+                        format!("{host}:{port} held by {name} (pid {})", id.pid),
+                    )
+                }
+                owner => seen.push(owner),
+            }
+        }
+    }
+    if seen.contains(&Owner::Unknown) {
+        (
+            Level::Pass,
+            format!("{name} is running; which process holds {host}:{port} is not checked on this system"),
+        )
+    } else if seen.contains(&Owner::Stranger) {
+        (
+            Level::Fail,
+            format!("{host}:{port} is held by a process outside {name}, which is running; stop that process"),
+        )
+    } else {
+        (
+            Level::Warn,
+            format!("{name} is running but nothing of it listens on {host}:{port}"),
+        )
     }
 }
 

@@ -63,6 +63,15 @@ fn is_fifo(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
 }
 
+/// Registers a live session `id` (this test process) so that services may be
+/// spawned under it.
+fn register_session(root: &Root, id: &str) {
+    let me = std::process::id().to_string();
+    let project = root.path().to_string_lossy().into_owned();
+    let out = run(root, &["session", "register", id, &me, &project]);
+    assert!(out.status.success(), "session register: {}", stderr(&out));
+}
+
 /// Runs `psm args…` in `root` within [`BOUND`].
 fn run(root: &Root, args: &[&str]) -> Output {
     let mut cmd = root.cmd();
@@ -139,9 +148,23 @@ fn runtime_dir_link_is_refused() {
 fn log_links_and_fifos_are_refused() {
     let root = Root::new();
     let target = Precious::new();
+    // `session spawn` needs a live session before it opens any log.
+    let shell = root.sleeper();
+    let shell_pid = shell.id().to_string();
+    let register = |r: &Root| {
+        r.ok(&[
+            "session",
+            "register",
+            "s1",
+            &shell_pid,
+            &r.path().display().to_string(),
+        ]);
+    };
+    register(&root);
     fs::create_dir(root.file(".logs")).unwrap();
     symlink(&target.path, root.file(".logs/s1.web.log")).unwrap();
     mkfifo(&root.file(".logs/s1.fifo.log"));
+    register_session(&root, "s1");
     let args = ["session", "spawn", "--session", "s1"];
     for (name, says) in [("web", "is a symbolic link"), ("fifo", "is a FIFO")] {
         let mut all = args.to_vec();
@@ -159,7 +182,9 @@ fn log_links_and_fifos_are_refused() {
     target.assert_intact();
 
     let other = Root::new();
+    register(&other);
     symlink(target.dir.path(), other.file(".logs")).unwrap();
+    register_session(&other, "s1");
     let out = run(
         &other,
         &["session", "spawn", "--session", "s1", "web", "--", "true"],

@@ -11,440 +11,514 @@
 mod support;
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use support::{alive, wait_for, Root, FAST, PSM};
+use support::Root;
 
-const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+/// The stranger tests: Linux, where a pid can be handed out on purpose.
+#[cfg(target_os = "linux")]
+mod strangers {
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Mutex;
+    use std::time::Duration;
 
-/// One test at a time: each one steers the kernel's next pid.
-static SERIAL: Mutex<()> = Mutex::new(());
+    use super::support::{self, alive, wait_for, Root, FAST, PSM};
 
-/// Takes the serial lock and checks the preconditions; `None` (after a
-/// printed note) when the pid cannot be steered here.
-fn steering() -> Option<std::sync::MutexGuard<'static, ()>> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root
-        || fs::OpenOptions::new()
-            .write(true)
-            .open(NS_LAST_PID)
-            .is_err()
-    {
-        eprintln!(
-            "note: skipped, needs root and a writable {NS_LAST_PID} to hand a pid to a stranger"
-        );
-        return None;
-    }
-    // Orphaned services (their `psm session spawn` or coordinator gone)
-    // become our children, so we can reap them and free their pid.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    Some(guard)
-}
+    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 
-/// SIGKILLs `pid` and waits until its number is free again (reaped by us,
-/// as subreaper, or by its parent). False if it stays a zombie.
-fn kill_and_free(pid: i32) -> bool {
-    assert!(pid > 1);
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        if psm::process::ProcInfo::read(pid).is_none() {
-            return true;
+    /// One test at a time: each one steers the kernel's next pid.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    /// Takes the serial lock and checks the preconditions; `None` (after a
+    /// printed note) when the pid cannot be steered here.
+    fn steering() -> Option<std::sync::MutexGuard<'static, ()>> {
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root
+            || fs::OpenOptions::new()
+                .write(true)
+                .open(NS_LAST_PID)
+                .is_err()
+        {
+            eprintln!(
+                "note: skipped, needs root and a writable {NS_LAST_PID} to hand a pid to a stranger"
+            );
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(20)); // poll, as wait_until does
-    }
-    false
-}
-
-/// A process that leads its own session and process group, records every
-/// catchable signal it gets in its log, and answers a SIGWINCH "fence" with
-/// a `fence` line. Its group is killed on drop.
-struct Stranger {
-    child: Child,
-    log: PathBuf,
-    /// With `leave_member`, the leader exited and this member holds the group.
-    member: Option<i32>,
-}
-
-impl Stranger {
-    /// The process now in the stranger's group that answers fences.
-    fn watched(&self) -> i32 {
-        self.member.unwrap_or(self.child.id() as i32)
+        // Orphaned services (their `psm session spawn` or coordinator gone)
+        // become our children, so we can reap them and free their pid.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        Some(guard)
     }
 
-    /// Asserts nothing was signalled: the watched process is alive and, after
-    /// a fence (delivered after anything psm could have sent, and reported
-    /// after every earlier trap: the shell runs traps in signal order and
-    /// SIGWINCH is numbered above HUP, INT, QUIT, USR1, USR2, ALRM, TERM), its
-    /// log holds no signal.
-    fn assert_untouched(&self, path: &str) {
-        let pid = self.watched();
-        assert!(alive(pid), "{path}: the stranger {pid} was killed");
-        unsafe { libc::kill(pid, libc::SIGWINCH) };
+    /// SIGKILLs `pid` and waits until its number is free again (reaped by us,
+    /// as subreaper, or by its parent). False if it stays a zombie.
+    fn kill_and_free(pid: i32) -> bool {
+        assert!(pid > 1);
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            if psm::process::ProcInfo::read(pid).is_none() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // poll, as wait_until does
+        }
+        false
+    }
+
+    /// A process that leads its own session and process group, records every
+    /// catchable signal it gets in its log, and answers a SIGWINCH "fence" with
+    /// a `fence` line. Its group is killed on drop.
+    struct Stranger {
+        child: Child,
+        log: PathBuf,
+        /// With `leave_member`, the leader exited and this member holds the group.
+        member: Option<i32>,
+    }
+
+    impl Stranger {
+        /// The process now in the stranger's group that answers fences.
+        fn watched(&self) -> i32 {
+            self.member.unwrap_or(self.child.id() as i32)
+        }
+
+        /// Asserts nothing was signalled: the watched process is alive and, after
+        /// a fence (delivered after anything psm could have sent, and reported
+        /// after every earlier trap: the shell runs traps in signal order and
+        /// SIGWINCH is numbered above HUP, INT, QUIT, USR1, USR2, ALRM, TERM), its
+        /// log holds no signal.
+        fn assert_untouched(&self, path: &str) {
+            let pid = self.watched();
+            assert!(alive(pid), "{path}: the stranger {pid} was killed");
+            unsafe { libc::kill(pid, libc::SIGWINCH) };
+            wait_for(
+                Duration::from_secs(10),
+                "the stranger answers the fence",
+                || {
+                    fs::read_to_string(&self.log)
+                        .unwrap_or_default()
+                        .contains("fence")
+                },
+            );
+            let log = fs::read_to_string(&self.log).unwrap();
+            let signals: Vec<&str> = log
+                .lines()
+                .filter(|l| !matches!(*l, "ready" | "fence"))
+                .collect();
+            assert!(signals.is_empty(), "{path}: the stranger got {signals:?}");
+            assert!(alive(pid), "{path}: the stranger {pid} was killed");
+        }
+    }
+
+    impl Drop for Stranger {
+        fn drop(&mut self) {
+            let pgid = self.child.id() as i32;
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some(m) = self.member {
+                unsafe { libc::waitpid(m, std::ptr::null_mut(), 0) };
+            }
+        }
+    }
+
+    fn stranger_script(root: &Root) -> PathBuf {
+        root.script(
+            "stranger.sh",
+            r#"log="$1"
+    for s in HUP INT QUIT USR1 USR2 ALRM TERM; do trap "echo $s >> $log" $s; done
+    trap "echo fence >> $log" WINCH
+    echo ready >> "$log"
+    while :; do sleep 1000 & wait $!; done"#,
+        )
+    }
+
+    /// Starts a stranger at exactly `pid` (freed before), retrying while other
+    /// forks on the machine take the number first. With `leave_member`, the
+    /// leader starts a member of its group and exits: nobody holds `pid` then,
+    /// but a group of that number exists that is not psm's.
+    fn stranger_at(root: &Root, pid: i32, leave_member: bool) -> Stranger {
+        let script = stranger_script(root);
+        let log = root.file(&format!("stranger-{pid}.log"));
+        let member_file = root.file(&format!("member-{pid}"));
+        for _ in 0..200 {
+            let mut cmd = Command::new("sh");
+            if leave_member {
+                cmd.arg("-c").arg(format!(
+                    "sh {} {} & echo $! > {}; exit 0",
+                    script.display(),
+                    log.display(),
+                    member_file.display()
+                ));
+            } else {
+                cmd.arg(&script).arg(&log);
+            }
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+            fs::write(NS_LAST_PID, (pid - 1).to_string()).unwrap();
+            let mut child = cmd.spawn().unwrap();
+            if child.id() as i32 != pid {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
+            }
+            let mut stranger = Stranger {
+                child,
+                log: log.clone(),
+                member: None,
+            };
+            if leave_member {
+                let member = root.pid_from(&format!("member-{pid}"));
+                stranger.member = Some(member);
+                // The leader exits and is reaped: the number now has no process,
+                // only the stranger's group and session.
+                stranger.child.wait().unwrap();
+            }
+            wait_for(Duration::from_secs(10), "the stranger is ready", || {
+                fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("ready")
+            });
+            return stranger;
+        }
+        panic!("could not hand pid {pid} to a stranger in 200 tries");
+    }
+
+    /// Registers session `s1` held by a sleeper, and spawns service `svc` in
+    /// it; returns the sleeper and the service's pid.
+    fn session_with_service(root: &Root) -> (support::Sleeper, i32) {
+        let shell = root.sleeper();
+        root.ok(&[
+            "session",
+            "register",
+            "s1",
+            &shell.id().to_string(),
+            &root.path().display().to_string(),
+        ]);
+        let out = root.ok(&[
+            "session",
+            "spawn",
+            "svc",
+            "--session",
+            "s1",
+            "--",
+            "sleep",
+            "1000",
+        ]);
+        let pid: i32 = out.trim().parse().unwrap();
+        (shell, pid)
+    }
+
+    /// The service is killed from outside and its pid handed to a stranger;
+    /// returns `None` (with a note) if the pid cannot be freed here.
+    fn replace_with_stranger(root: &Root, pid: i32, leave_member: bool) -> Option<Stranger> {
+        if !kill_and_free(pid) {
+            eprintln!("note: skipped, pid {pid} stays a zombie here (no reaper)");
+            return None;
+        }
+        Some(stranger_at(root, pid, leave_member))
+    }
+
+    fn session_record_gone(root: &Root) -> bool {
+        root.registry()["services"]["sessions"].get("s1").is_none()
+    }
+
+    /// `psm session cleanup` of a session whose service's pid now belongs to a
+    /// stranger leading its own group removes the record and signals nothing.
+    #[test]
+    fn session_cleanup_spares_a_stranger_on_a_reused_pid() {
+        let Some(_serial) = steering() else { return };
+        let root = Root::new();
+        let (_shell, pid) = session_with_service(&root);
+        let Some(stranger) = replace_with_stranger(&root, pid, false) else {
+            return;
+        };
+        root.ok(&["session", "cleanup", "s1"]);
+        assert!(session_record_gone(&root), "{}", root.registry());
+        stranger.assert_untouched("psm session cleanup");
+    }
+
+    /// The same when nobody holds the pid any more but the stranger's group of
+    /// that number still exists (its leader exited, a member stayed): the
+    /// member cannot prove it descends from the service, so it is left alone.
+    #[test]
+    fn session_cleanup_spares_a_strangers_group_without_its_leader() {
+        let Some(_serial) = steering() else { return };
+        let root = Root::new();
+        let (_shell, pid) = session_with_service(&root);
+        let Some(stranger) = replace_with_stranger(&root, pid, true) else {
+            return;
+        };
+        root.ok(&["session", "cleanup", "s1"]);
+        assert!(session_record_gone(&root));
+        stranger.assert_untouched("psm session cleanup (leaderless group)");
+    }
+
+    /// `psm cleanup` of a dead session spares the stranger on its service's pid.
+    #[test]
+    fn cleanup_spares_a_stranger_on_a_reused_pid() {
+        let Some(_serial) = steering() else { return };
+        let root = Root::new();
+        let (mut shell, pid) = session_with_service(&root);
+        let Some(stranger) = replace_with_stranger(&root, pid, false) else {
+            return;
+        };
+        shell.stop();
+        let report: serde_json::Value =
+            serde_json::from_str(&root.ok(&["cleanup", "--json"])).unwrap();
+        assert_eq!(report["sessions"][0]["session"], "s1", "{report}");
+        assert!(session_record_gone(&root));
+        stranger.assert_untouched("psm cleanup");
+    }
+
+    /// The coordinator's session sweep spares the stranger too.
+    #[test]
+    fn the_session_sweep_spares_a_stranger_on_a_reused_pid() {
+        let Some(_serial) = steering() else { return };
+        let root = Root::new();
+        let (mut shell, pid) = session_with_service(&root);
+        let Some(stranger) = replace_with_stranger(&root, pid, false) else {
+            return;
+        };
+        root.write_config(FAST);
+        root.up();
+        shell.stop();
         wait_for(
             Duration::from_secs(10),
-            "the stranger answers the fence",
-            || {
-                fs::read_to_string(&self.log)
-                    .unwrap_or_default()
-                    .contains("fence")
-            },
+            "the sweep ended the session",
+            || session_record_gone(&root) && root.registry()["sessions"].get("s1").is_none(),
         );
-        let log = fs::read_to_string(&self.log).unwrap();
-        let signals: Vec<&str> = log
-            .lines()
-            .filter(|l| !matches!(*l, "ready" | "fence"))
-            .collect();
-        assert!(signals.is_empty(), "{path}: the stranger got {signals:?}");
-        assert!(alive(pid), "{path}: the stranger {pid} was killed");
+        stranger.assert_untouched("the coordinator's session sweep");
+        root.ok(&["down"]);
     }
-}
 
-impl Drop for Stranger {
-    fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(m) = self.member {
-            unsafe { libc::waitpid(m, std::ptr::null_mut(), 0) };
-        }
-    }
-}
-
-fn stranger_script(root: &Root) -> PathBuf {
-    root.script(
-        "stranger.sh",
-        r#"log="$1"
-for s in HUP INT QUIT USR1 USR2 ALRM TERM; do trap "echo $s >> $log" $s; done
-trap "echo fence >> $log" WINCH
-echo ready >> "$log"
-while :; do sleep 1000 & wait $!; done"#,
-    )
-}
-
-/// Starts a stranger at exactly `pid` (freed before), retrying while other
-/// forks on the machine take the number first. With `leave_member`, the
-/// leader starts a member of its group and exits: nobody holds `pid` then,
-/// but a group of that number exists that is not psm's.
-fn stranger_at(root: &Root, pid: i32, leave_member: bool) -> Stranger {
-    let script = stranger_script(root);
-    let log = root.file(&format!("stranger-{pid}.log"));
-    let member_file = root.file(&format!("member-{pid}"));
-    for _ in 0..200 {
-        let mut cmd = Command::new("sh");
-        if leave_member {
-            cmd.arg("-c").arg(format!(
-                "sh {} {} & echo $! > {}; exit 0",
-                script.display(),
-                log.display(),
-                member_file.display()
-            ));
-        } else {
-            cmd.arg(&script).arg(&log);
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        fs::write(NS_LAST_PID, (pid - 1).to_string()).unwrap();
-        let mut child = cmd.spawn().unwrap();
-        if child.id() as i32 != pid {
-            let _ = child.kill();
-            let _ = child.wait();
-            continue;
-        }
-        let mut stranger = Stranger {
-            child,
-            log: log.clone(),
-            member: None,
+    /// The end of `psm session run` spares the stranger on its service's pid.
+    #[test]
+    fn the_end_of_session_run_spares_a_stranger_on_a_reused_pid() {
+        let Some(_serial) = steering() else { return };
+        let root = Root::new();
+        let go = root.file("go");
+        nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // The command blocks on the FIFO: it forks nothing while the test steers pids.
+        let mut wrapper = support::Children::default();
+        let spawned = root
+            .cmd()
+            .args(["session", "run", "--id", "s1", "--project"])
+            .arg(root.path())
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "\"$PSM_BIN\" session spawn svc -- sleep 1000 > {dir}/svc.pid; read x < {go}",
+                dir = root.path().display(),
+                go = go.display()
+            ))
+            .env("PSM_BIN", PSM)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wrapper.0.push(spawned);
+        let pid = root.pid_from("svc.pid");
+        let Some(stranger) = replace_with_stranger(&root, pid, false) else {
+            return;
         };
-        if leave_member {
-            let member = root.pid_from(&format!("member-{pid}"));
-            stranger.member = Some(member);
-            // The leader exits and is reaped: the number now has no process,
-            // only the stranger's group and session.
-            stranger.child.wait().unwrap();
-        }
-        wait_for(Duration::from_secs(10), "the stranger is ready", || {
-            fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("ready")
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&go)
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+        let status = support::exit_of(
+            &mut wrapper.0[0],
+            Duration::from_secs(20),
+            "session run ends",
+        );
+        assert!(status.success(), "{status:?}");
+        assert!(session_record_gone(&root), "{}", root.registry());
+        stranger.assert_untouched("the end of psm session run");
+    }
+
+    fn service_config(root: &Root, with_service: bool) {
+        let service = if with_service {
+            "[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sleep\", \"1000\"]\n"
+        } else {
+            ""
+        };
+        root.write_config(&format!("{FAST}{service}"));
+    }
+
+    /// A coordinator that starts after a service left the config ends the
+    /// leftover record, but not the stranger now holding its pid.
+    #[test]
+    fn coordinator_start_up_spares_a_stranger_on_a_leftovers_pid() {
+        let Some(_serial) = steering() else { return };
+        let root = Root::new();
+        service_config(&root, true);
+        let coordinator = root.up();
+        let pid = root.service_pid("svc");
+        support::sigkill(coordinator);
+        wait_for(Duration::from_secs(5), "coordinator gone", || {
+            !alive(coordinator)
         });
-        return stranger;
+        let Some(stranger) = replace_with_stranger(&root, pid, false) else {
+            return;
+        };
+        service_config(&root, false);
+        root.up();
+        wait_for(
+            Duration::from_secs(10),
+            "the leftover record removed",
+            || root.global("svc").is_null(),
+        );
+        stranger.assert_untouched("coordinator start-up (leftovers)");
+        root.ok(&["down"]);
     }
-    panic!("could not hand pid {pid} to a stranger in 200 tries");
-}
 
-/// Registers session `s1` held by a sleeper, and spawns service `svc` in
-/// it; returns the sleeper and the service's pid.
-fn session_with_service(root: &Root) -> (support::Sleeper, i32) {
-    let shell = root.sleeper();
-    root.ok(&[
-        "session",
-        "register",
-        "s1",
-        &shell.id().to_string(),
-        &root.path().display().to_string(),
-    ]);
-    let out = root.ok(&[
-        "session",
-        "spawn",
-        "svc",
-        "--session",
-        "s1",
-        "--",
-        "sleep",
-        "1000",
-    ]);
-    let pid: i32 = out.trim().parse().unwrap();
-    (shell, pid)
-}
-
-/// The service is killed from outside and its pid handed to a stranger;
-/// returns `None` (with a note) if the pid cannot be freed here.
-fn replace_with_stranger(root: &Root, pid: i32, leave_member: bool) -> Option<Stranger> {
-    if !kill_and_free(pid) {
-        eprintln!("note: skipped, pid {pid} stays a zombie here (no reaper)");
-        return None;
+    /// A service the coordinator adopted exits; by the time its exit is handled
+    /// (the coordinator was stopped meanwhile) its pid leads a stranger's group.
+    /// The sweep of what the service left in its group spares the stranger.
+    #[test]
+    fn the_post_exit_group_sweep_spares_a_stranger() {
+        let Some(_serial) = steering() else { return };
+        let root = Root::new();
+        service_config(&root, true);
+        let first = root.up();
+        let pid = root.service_pid("svc");
+        support::sigkill(first);
+        wait_for(Duration::from_secs(5), "coordinator gone", || !alive(first));
+        // The service is now our child (we are its subreaper); the next
+        // coordinator adopts it and watches it through a pidfd.
+        let coordinator = root.up();
+        wait_for(Duration::from_secs(10), "adopted", || {
+            support::lines(&root, ".logs/coordinator.log")
+                .iter()
+                .any(|l| l.contains("adopted"))
+                || root.global("svc")["pid"] == pid
+        });
+        unsafe { libc::kill(coordinator, libc::SIGSTOP) };
+        let stranger = replace_with_stranger(&root, pid, false);
+        unsafe { libc::kill(coordinator, libc::SIGCONT) };
+        let Some(stranger) = stranger else { return };
+        wait_for(Duration::from_secs(10), "the service restarted", || {
+            let r = root.global("svc");
+            r["status"] == "running" && r["pid"].as_i64().is_some_and(|p| p as i32 != pid)
+        });
+        stranger.assert_untouched("the post-exit group sweep");
+        root.ok(&["down"]);
     }
-    Some(stranger_at(root, pid, leave_member))
+
+    /// What a service leaves in its group after its leader died is still
+    /// ended: members carrying psm's marker, and their env-cleared children
+    /// (proved by their parent). This runs without root.
+    #[test]
+    fn members_left_behind_are_still_ended() {
+        let root = Root::new();
+        let shell = root.sleeper();
+        root.ok(&[
+            "session",
+            "register",
+            "s1",
+            &shell.id().to_string(),
+            &root.path().display().to_string(),
+        ]);
+        let dir = root.path().display().to_string();
+        // leader → member (marked, by inheritance) → env -i grandchild
+        let out = root.ok(&[
+            "session",
+            "spawn",
+            "svc",
+            "--session",
+            "s1",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "sh -c 'env -i sleep 1000 & echo $! > {dir}/grandchild; wait' & echo $! > {dir}/member; wait"
+            ),
+        ]);
+        let leader: i32 = out.trim().parse().unwrap();
+        root.reaper.group(leader);
+        let member = root.pid_from("member");
+        let grandchild = root.pid_from("grandchild");
+        support::sigkill(leader);
+        wait_for(Duration::from_secs(5), "leader gone", || !alive(leader));
+        assert!(alive(member) && alive(grandchild));
+        root.ok(&["session", "cleanup", "s1"]);
+        wait_for(Duration::from_secs(5), "members ended", || {
+            !alive(member) && !alive(grandchild)
+        });
+    }
 }
 
-fn session_record_gone(root: &Root) -> bool {
-    root.registry()["services"]["sessions"].get("s1").is_none()
+// Health probes tell the truth.
+
+/// Waits until `svc`'s script (which appends its pid to `pids`) ran twice
+/// and the registry counts a restart: the probe judged it unhealthy.
+fn wait_restarted(root: &Root, what: &str) {
+    support::wait_until(Duration::from_secs(20), what, || {
+        let runs = support::lines(root, "pids").len();
+        let count = root.global("svc")["restartCount"].as_u64();
+        if runs >= 2 && count.is_some_and(|c| c > 0) {
+            Ok(())
+        } else {
+            Err((runs, count))
+        }
+    });
 }
 
-/// `psm session cleanup` of a session whose service's pid now belongs to a
-/// stranger leading its own group removes the record and signals nothing.
+fn probed_service(root: &Root, health: &str) {
+    root.script("svc.sh", "echo $$ >> pids\nexec sleep 1000");
+    root.write_config(&format!(
+        "health-interval = \"50ms\"\n[restart]\nbase = \"50ms\"\n\n[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sh\", \"svc.sh\"]\nhealth = {health}\n"
+    ));
+}
+
+/// A port that answers because some other process listens on it does not
+/// make the service healthy: the listening socket is not in its tree, so the
+/// service is restarted; `psm verify` does not say the port is held by it.
+#[cfg(target_os = "linux")]
 #[test]
-fn session_cleanup_spares_a_stranger_on_a_reused_pid() {
-    let Some(_serial) = steering() else { return };
+fn a_port_held_by_a_stranger_is_not_the_services_health() {
     let root = Root::new();
-    let (_shell, pid) = session_with_service(&root);
-    let Some(stranger) = replace_with_stranger(&root, pid, false) else {
-        return;
-    };
-    root.ok(&["session", "cleanup", "s1"]);
-    assert!(session_record_gone(&root), "{}", root.registry());
-    stranger.assert_untouched("psm session cleanup");
-}
-
-/// The same when nobody holds the pid any more but the stranger's group of
-/// that number still exists (its leader exited, a member stayed): the
-/// member cannot prove it descends from the service, so it is left alone.
-#[test]
-fn session_cleanup_spares_a_strangers_group_without_its_leader() {
-    let Some(_serial) = steering() else { return };
-    let root = Root::new();
-    let (_shell, pid) = session_with_service(&root);
-    let Some(stranger) = replace_with_stranger(&root, pid, true) else {
-        return;
-    };
-    root.ok(&["session", "cleanup", "s1"]);
-    assert!(session_record_gone(&root));
-    stranger.assert_untouched("psm session cleanup (leaderless group)");
-}
-
-/// `psm cleanup` of a dead session spares the stranger on its service's pid.
-#[test]
-fn cleanup_spares_a_stranger_on_a_reused_pid() {
-    let Some(_serial) = steering() else { return };
-    let root = Root::new();
-    let (mut shell, pid) = session_with_service(&root);
-    let Some(stranger) = replace_with_stranger(&root, pid, false) else {
-        return;
-    };
-    shell.stop();
-    let report: serde_json::Value = serde_json::from_str(&root.ok(&["cleanup", "--json"])).unwrap();
-    assert_eq!(report["sessions"][0]["session"], "s1", "{report}");
-    assert!(session_record_gone(&root));
-    stranger.assert_untouched("psm cleanup");
-}
-
-/// The coordinator's session sweep spares the stranger too.
-#[test]
-fn the_session_sweep_spares_a_stranger_on_a_reused_pid() {
-    let Some(_serial) = steering() else { return };
-    let root = Root::new();
-    let (mut shell, pid) = session_with_service(&root);
-    let Some(stranger) = replace_with_stranger(&root, pid, false) else {
-        return;
-    };
-    root.write_config(FAST);
-    root.up();
-    shell.stop();
-    wait_for(
-        Duration::from_secs(10),
-        "the sweep ended the session",
-        || session_record_gone(&root) && root.registry()["sessions"].get("s1").is_none(),
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stranger.local_addr().unwrap().port();
+    probed_service(&root, &format!("{{ port = {port} }}"));
+    let out = root.psm(&["up"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let verify = String::from_utf8_lossy(&root.psm(&["verify"]).stdout).into_owned();
+    assert!(!verify.contains("held by svc"), "{verify}");
+    wait_restarted(
+        &root,
+        "a restart: the stranger's listener is not svc's health",
     );
-    stranger.assert_untouched("the coordinator's session sweep");
+    let log = root.read(".logs/coordinator.log");
+    assert!(log.contains("outside the service"), "{log}");
     root.ok(&["down"]);
 }
 
-/// The end of `psm session run` spares the stranger on its service's pid.
+/// A health file dated an hour in the future is stale, not fresh for an
+/// hour: the service is restarted and the reason names the future date.
 #[test]
-fn the_end_of_session_run_spares_a_stranger_on_a_reused_pid() {
-    let Some(_serial) = steering() else { return };
+fn a_health_file_dated_in_the_future_is_stale() {
     let root = Root::new();
-    let go = root.file("go");
-    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    // The command blocks on the FIFO: it forks nothing while the test steers pids.
-    let mut wrapper = support::Children::default();
-    let spawned = root
-        .cmd()
-        .args(["session", "run", "--id", "s1", "--project"])
-        .arg(root.path())
-        .args(["--", "sh", "-c"])
-        .arg(format!(
-            "\"$PSM_BIN\" session spawn svc -- sleep 1000 > {dir}/svc.pid; read x < {go}",
-            dir = root.path().display(),
-            go = go.display()
-        ))
-        .env("PSM_BIN", PSM)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wrapper.0.push(spawned);
-    let pid = root.pid_from("svc.pid");
-    let Some(stranger) = replace_with_stranger(&root, pid, false) else {
-        return;
-    };
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&go)
+    let beat = root.file("beat");
+    fs::File::create(&beat)
         .unwrap()
-        .write_all(b"go\n")
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(3600))
         .unwrap();
-    let status = support::exit_of(
-        &mut wrapper.0[0],
-        Duration::from_secs(20),
-        "session run ends",
-    );
-    assert!(status.success(), "{status:?}");
-    assert!(session_record_gone(&root), "{}", root.registry());
-    stranger.assert_untouched("the end of psm session run");
-}
-
-fn service_config(root: &Root, with_service: bool) {
-    let service = if with_service {
-        "[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sleep\", \"1000\"]\n"
-    } else {
-        ""
-    };
-    root.write_config(&format!("{FAST}{service}"));
-}
-
-/// A coordinator that starts after a service left the config ends the
-/// leftover record, but not the stranger now holding its pid.
-#[test]
-fn coordinator_start_up_spares_a_stranger_on_a_leftovers_pid() {
-    let Some(_serial) = steering() else { return };
-    let root = Root::new();
-    service_config(&root, true);
-    let coordinator = root.up();
-    let pid = root.service_pid("svc");
-    support::sigkill(coordinator);
-    wait_for(Duration::from_secs(5), "coordinator gone", || {
-        !alive(coordinator)
-    });
-    let Some(stranger) = replace_with_stranger(&root, pid, false) else {
-        return;
-    };
-    service_config(&root, false);
-    root.up();
-    wait_for(
-        Duration::from_secs(10),
-        "the leftover record removed",
-        || root.global("svc").is_null(),
-    );
-    stranger.assert_untouched("coordinator start-up (leftovers)");
+    probed_service(&root, "{ file = \"beat\", max-age = \"30s\" }");
+    root.ok(&["up"]);
+    wait_restarted(&root, "a restart: a future mtime is not fresh");
+    let log = root.read(".logs/coordinator.log");
+    assert!(log.contains("in the future"), "{log}");
     root.ok(&["down"]);
-}
-
-/// A service the coordinator adopted exits; by the time its exit is handled
-/// (the coordinator was stopped meanwhile) its pid leads a stranger's group.
-/// The sweep of what the service left in its group spares the stranger.
-#[test]
-fn the_post_exit_group_sweep_spares_a_stranger() {
-    let Some(_serial) = steering() else { return };
-    let root = Root::new();
-    service_config(&root, true);
-    let first = root.up();
-    let pid = root.service_pid("svc");
-    support::sigkill(first);
-    wait_for(Duration::from_secs(5), "coordinator gone", || !alive(first));
-    // The service is now our child (we are its subreaper); the next
-    // coordinator adopts it and watches it through a pidfd.
-    let coordinator = root.up();
-    wait_for(Duration::from_secs(10), "adopted", || {
-        support::lines(&root, ".logs/coordinator.log")
-            .iter()
-            .any(|l| l.contains("adopted"))
-            || root.global("svc")["pid"] == pid
-    });
-    unsafe { libc::kill(coordinator, libc::SIGSTOP) };
-    let stranger = replace_with_stranger(&root, pid, false);
-    unsafe { libc::kill(coordinator, libc::SIGCONT) };
-    let Some(stranger) = stranger else { return };
-    wait_for(Duration::from_secs(10), "the service restarted", || {
-        let r = root.global("svc");
-        r["status"] == "running" && r["pid"].as_i64().is_some_and(|p| p as i32 != pid)
-    });
-    stranger.assert_untouched("the post-exit group sweep");
-    root.ok(&["down"]);
-}
-
-/// What a service leaves in its group after its leader died is still
-/// ended: members carrying psm's marker, and their env-cleared children
-/// (proved by their parent). This runs without root.
-#[test]
-fn members_left_behind_are_still_ended() {
-    let root = Root::new();
-    let shell = root.sleeper();
-    root.ok(&[
-        "session",
-        "register",
-        "s1",
-        &shell.id().to_string(),
-        &root.path().display().to_string(),
-    ]);
-    let dir = root.path().display().to_string();
-    // leader → member (marked, by inheritance) → env -i grandchild
-    let out = root.ok(&[
-        "session",
-        "spawn",
-        "svc",
-        "--session",
-        "s1",
-        "--",
-        "sh",
-        "-c",
-        &format!(
-            "sh -c 'env -i sleep 1000 & echo $! > {dir}/grandchild; wait' & echo $! > {dir}/member; wait"
-        ),
-    ]);
-    let leader: i32 = out.trim().parse().unwrap();
-    root.reaper.group(leader);
-    let member = root.pid_from("member");
-    let grandchild = root.pid_from("grandchild");
-    support::sigkill(leader);
-    wait_for(Duration::from_secs(5), "leader gone", || !alive(leader));
-    assert!(alive(member) && alive(grandchild));
-    root.ok(&["session", "cleanup", "s1"]);
-    wait_for(Duration::from_secs(5), "members ended", || {
-        !alive(member) && !alive(grandchild)
-    });
 }

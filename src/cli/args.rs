@@ -187,7 +187,7 @@ pub struct ServiceArgs {
     /// The project directory (absolute; for per-project).
     #[arg(long, value_name = "PATH")]
     pub project: Option<PathBuf>,
-    /// The session id (for per-session; default $PSM_SESSION_ID).
+    /// The session id (for per-session; default $PSM_SESSION_ID, else $CLAUDE_SESSION_ID).
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
 }
@@ -207,7 +207,7 @@ pub struct RegisterArgs {
     /// The project directory (absolute; for per-project).
     #[arg(long, value_name = "PATH")]
     pub project: Option<PathBuf>,
-    /// The session id (for per-session; default $PSM_SESSION_ID).
+    /// The session id (for per-session; default $PSM_SESSION_ID, else $CLAUDE_SESSION_ID).
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
     /// Extra metadata, repeatable.
@@ -258,14 +258,16 @@ pub enum SessionCommand {
     Spawn {
         /// The service name.
         name: String,
-        /// The session id (default $PSM_SESSION_ID).
+        /// The session id (default $PSM_SESSION_ID, else $CLAUDE_SESSION_ID); the
+        /// session must be registered and alive.
         #[arg(long, value_name = "ID")]
         session: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Run a command as a session: register it, export PSM_SESSION_ID, and
+    /// Run a command as a session: register it, export PSM_SESSION_ID (and
+    /// CLAUDE_SESSION_ID), and
     /// clean the session up when the command ends or this wrapper is signalled.
     Run {
         /// The project directory (default: the current directory).

@@ -204,6 +204,20 @@ pub fn targets(leader: Identity, marker: &Marker) -> Targets {
     judge(leader, holder, &candidates)
 }
 
+/// Every live member of the group `leader` leads, while it still holds its
+/// pid (empty otherwise): the processes a health check may credit it with.
+pub fn live_members(leader: Identity) -> Vec<Identity> {
+    match targets(leader, &Marker::none()) {
+        Targets::Group(g) => group_candidates(g, &Marker::none())
+            .into_iter()
+            .filter(|c| !c.zombie && c.identity.start_time >= leader.start_time)
+            .map(|c| c.identity)
+            .collect(),
+        Targets::Members(members) => members,
+        Targets::Nothing => Vec::new(),
+    }
+}
+
 /// Every process now in group `pgid`, with whether it carries `marker`.
 #[cfg(target_os = "linux")]
 fn group_candidates(pgid: i32, marker: &Marker) -> Vec<Candidate> {

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod macos;
 pub mod procargs;
 pub mod signal;
+pub mod sockets;
 pub mod spawn;
 pub mod tree;
 pub mod usage;

@@ -23,8 +23,9 @@ use crate::fsx::{self, Dir, How};
 use crate::paths::{Paths, REGISTRY_FILE};
 use crate::time::now_millis;
 
-/// How long a command waits for the registry lock before it gives up and
-/// names the holder: a healthy holder keeps it for milliseconds.
+/// How long one holder may keep the registry lock before a waiting command
+/// gives up and names it: a healthy holder keeps it for milliseconds. While
+/// the lock changes hands, a command keeps waiting (up to 12 deadlines).
 pub const LOCK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Overrides [`LOCK_DEADLINE`] (humantime, e.g. `500ms`), for tests and for
@@ -313,12 +314,26 @@ impl Store {
             Wait::Deadline(d) => (d, false),
             Wait::Patient(d) => (d, true),
         };
+        // Who held the lock when this window of waiting began. Under heavy
+        // contention (dozens of writers on a loaded machine) a command may
+        // wait longer than the deadline while the lock changes hands many
+        // times; only one holder keeping it for a whole window is a hang.
+        let mut window_holders = holders(&file);
         loop {
             match try_lock_until(file, exclusive, Instant::now() + deadline) {
                 Ok(guard) => return Ok((root, guard)),
                 Err(TryLock::Failed(source)) => return Err(StoreError::Lock { path, source }),
                 Err(TryLock::TimedOut(back)) => {
-                    let holder = Holder(holders(&back));
+                    let now_holders = holders(&back);
+                    let moving = !now_holders.is_empty()
+                        && now_holders != window_holders
+                        && started.elapsed() < deadline * MAX_WINDOWS;
+                    window_holders = now_holders.clone();
+                    let holder = Holder(now_holders);
+                    if moving {
+                        file = back;
+                        continue;
+                    }
                     if !patient {
                         return Err(StoreError::LockTimeout {
                             path,
@@ -413,6 +428,10 @@ enum TryLock {
     /// The file comes back so the caller can keep waiting on it.
     TimedOut(File),
 }
+
+/// How many deadlines a command waits at most while the lock keeps
+/// changing hands (see `Store::lock`).
+const MAX_WINDOWS: u32 = 12;
 
 /// Polls for the lock until `deadline`. flock has no timeout of its own;
 /// polling (1 ms doubling to 20 ms) keeps a quick hand-over quick.

@@ -429,8 +429,9 @@ impl ServiceActor {
                 self.probed(generation, result, ctx);
             }
             Some(HealthSpec::Port { host, port }) => {
+                let leader = run.identity;
                 ctx.spawn(
-                    async move { health::probe_port(&host, port).await }
+                    async move { health::probe_port(&host, port, leader).await }
                         .into_actor(self)
                         .map(move |res, act, ctx| act.probed(generation, res, ctx)),
                 );
