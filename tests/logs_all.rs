@@ -5,7 +5,7 @@
 mod support;
 
 use std::fs;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -226,4 +226,38 @@ fn timestamps_must_be_a_boolean() {
         "{err}"
     );
     assert_eq!(root.coordinator_pid(), None);
+}
+
+/// A FIFO or a link planted in `.logs` never blocks or hides the other
+/// logs: each is skipped with one line on stderr, the rest is shown.
+#[test]
+fn hostile_files_in_the_log_directory_are_skipped() {
+    let root = Root::new();
+    let logs = root.file(".logs");
+    fs::create_dir(&logs).unwrap();
+    fs::write(logs.join("good.log"), "fine\n").unwrap();
+    let fifo = logs.join("evil.log");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink(root.file("secret"), logs.join("link.log")).unwrap();
+    fs::write(root.file("secret"), "do not show\n").unwrap();
+    let out = output_within(
+        {
+            let mut c = root.cmd();
+            c.args(["logs", "-n", "5"]);
+            c
+        },
+        WAIT,
+        "psm logs with a FIFO in .logs",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "good      | fine\n");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(
+        err.lines().all(|l| l.starts_with("psm: skipping ")),
+        "{err}"
+    );
 }

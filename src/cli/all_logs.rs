@@ -60,10 +60,11 @@ pub fn run(paths: &Paths, lines: usize, follow: bool, since: Option<Duration>) -
                 Ok(tail) => tail,
                 // Rotated or removed since the listing: nothing to show.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // One bad file (a FIFO or link planted in .logs) must not
+                // hide the others: said on stderr, and the rest shown.
                 Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("reading {}", path.display()))
-                        .into())
+                    eprintln!("psm: skipping {}: {e}", path.display());
+                    continue;
                 }
             };
             let prefix = style.prefix(label, i);
