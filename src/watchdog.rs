@@ -241,7 +241,12 @@ pub fn check(
 /// kernel accepts the connection, but nobody replies.
 fn answers(paths: &Paths, pid: i32) -> bool {
     match client::request(paths, &Request::Ping, PING_TIMEOUT) {
-        Ok(r) => r.ok && r.data.get("pid").and_then(Value::as_i64) == Some(i64::from(pid)),
+        // A coordinator at its connection cap answers `busy` (not ok) with
+        // its pid: flooded, not hung — its accept loop is running.
+        Ok(r) => {
+            let busy = r.data.get("busy").and_then(Value::as_bool) == Some(true);
+            (r.ok || busy) && r.data.get("pid").and_then(Value::as_i64) == Some(i64::from(pid))
+        }
         Err(_) => false,
     }
 }
@@ -268,25 +273,21 @@ fn recover(
     // (someone edited the registry, or it was started by hand): if it
     // answers, it is alive and beating soon; if not, it is hung.
     if let Some(holder) = CoordinatorLock::holder(paths).flatten() {
-        match client::request(paths, &Request::Ping, PING_TIMEOUT) {
-            Ok(r) if r.ok => {
-                return Ok(Report {
-                    judgement,
-                    action: format!(
-                        "coordinator pid {holder} holds the lock and answers; left alone"
-                    ),
-                    ok: true,
-                });
-            }
-            _ => {
-                // Holding the lock is what makes it the coordinator; its
-                // identity is taken now, right before the signal.
-                if let Some(identity) = Identity::of(holder) {
-                    if signal_tree(identity, None, Signal::SIGKILL) {
-                        actions.push(format!("killed unresponsive coordinator pid {holder}"));
-                        wait_gone(identity);
-                    }
-                }
+        // Only an answer from the holder itself counts: whatever else
+        // listens on the socket's path says nothing about the holder.
+        if answers(paths, holder) {
+            return Ok(Report {
+                judgement,
+                action: format!("coordinator pid {holder} holds the lock and answers; left alone"),
+                ok: true,
+            });
+        }
+        // Holding the lock is what makes it the coordinator; its identity
+        // is taken now, right before the signal.
+        if let Some(identity) = Identity::of(holder) {
+            if signal_tree(identity, None, Signal::SIGKILL) {
+                actions.push(format!("killed unresponsive coordinator pid {holder}"));
+                wait_gone(identity);
             }
         }
     }

@@ -643,6 +643,26 @@ fn a_slow_coordinator_that_answers_is_left_alone() {
     assert_services_untouched(&root, pids);
 }
 
+/// A coordinator at its control-connection cap answers the watchdog's ping
+/// `busy`, naming its pid: flooded, not hung, so it is left alone.
+#[test]
+fn a_flooded_coordinator_answering_busy_is_left_alone() {
+    let root = Root::new();
+    two_services(&root);
+    let config = root.read("psm.toml").replace("100ms", "5m");
+    root.write_config(&format!("{config}\n[control]\nmax-connections = 1\n"));
+    let coordinator = root.up();
+    wait_recorded_coordinator(&root, coordinator);
+    let socket = psm::paths::Paths::new(root.path()).control_socket();
+    // One idle client takes the only connection slot.
+    let _hog = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    age_heartbeat(&root, Duration::from_secs(3600));
+    let out = watchdog(&root, &[]);
+    let said = succeeded(&out, "watchdog on a flooded coordinator");
+    assert!(said.starts_with("responsive: "), "{said}");
+    assert_eq!(root.coordinator_pid(), Some(coordinator), "it was killed");
+}
+
 /// A heartbeat younger than twice the recorded interval plus a minute is not
 /// stale, even past the old fixed 120 s: with `health-interval = "5m"` and a
 /// heartbeat 4 minutes old, the verdict is `ok`, no ping needed.

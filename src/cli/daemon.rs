@@ -261,15 +261,16 @@ pub fn down(paths: &Paths) -> CliResult {
         return Err(not_running());
     }
     let _serial = UpDownLock::acquire(paths, UPDOWN_PATIENCE)?;
+    let was_down = DownMark::read(paths).is_some();
+    // Before looking for the coordinator: one a racing watchdog starts from
+    // now on sees the mark and stays down; one started before is found.
+    DownMark::write(paths)?;
+    let store = Store::new(paths.clone());
     let Some(holder) = CoordinatorLock::holder(paths) else {
-        return Err(not_running());
+        return down_without_coordinator(paths, &store, was_down);
     };
     // Its identity now, before its pid could be reused by anyone.
     let identity = holder.and_then(Identity::of);
-    // Before the coordinator hears of it, so a watchdog racing this `down`
-    // sees the mark rather than a missing coordinator.
-    DownMark::write(paths)?;
-    let store = Store::new(paths.clone());
     let limit = down_limit(&stop_timeouts(paths, &store));
     let deadline = Instant::now() + limit;
     let message = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
@@ -291,6 +292,18 @@ pub fn down(paths: &Paths) -> CliResult {
                 paths.coordinator_log().display()
             )));
         };
+        // The lock file may name a stranger (a coordinator that had just
+        // taken the lock had not yet replaced its dead predecessor's pid, now
+        // reused): only the recorded coordinator is killed.
+        if !is_recorded_coordinator(&store, id) {
+            return Err(CliError::Failed(anyhow!(
+                "the coordinator did not exit within {}s, and pid {} (named in {}) is not the coordinator the registry records; not signalling it; see {}",
+                limit.as_secs(),
+                id.pid,
+                paths.coordinator_lock().display(),
+                paths.coordinator_log().display()
+            )));
+        }
         signal_tree(id, None, nix::sys::signal::Signal::SIGKILL);
         wait_exit(paths, id, Duration::from_secs(2));
         eprintln!(
@@ -306,6 +319,37 @@ pub fn down(paths: &Paths) -> CliResult {
     );
     println!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `down` on a root whose coordinator is gone (crashed, SIGKILLed): the
+/// decision stands all the same. The mark stays (else the watchdog would
+/// start a coordinator that adopts everything), and the services the dead
+/// coordinator left are stopped and unrecorded as a clean `down` would. A
+/// root with nothing recorded is "no coordinator is running", and left as
+/// it was.
+fn down_without_coordinator(paths: &Paths, store: &Store, was_down: bool) -> CliResult {
+    let not_running =
+        || CliError::Failed(ClientError::NotRunning(paths.root().display().to_string()).into());
+    let left = stop_leftovers(store).context("stopping what the coordinator left")?;
+    if left == 0 {
+        if !was_down {
+            DownMark::clear(paths)?;
+        }
+        return Err(not_running());
+    }
+    println!("no coordinator was running; stopped what the last one left");
+    println!("coordinator stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `identity` is the coordinator the registry records (pid and
+/// start time): what makes a process safe for `down` to SIGKILL.
+fn is_recorded_coordinator(store: &Store, identity: Identity) -> bool {
+    store
+        .read_within(Duration::from_secs(5))
+        .ok()
+        .and_then(|reg| reg.get(&ServiceKey::global(COORDINATOR_NAME))?.identity())
+        == Some(identity)
 }
 
 /// How long `down` waits for the coordinator: its services stop in
@@ -363,7 +407,8 @@ fn wait_lock_free(paths: &Paths, limit: Duration) -> bool {
 /// After the coordinator had to be SIGKILLed: stops every service it
 /// recorded (identity-checked; its group only while the leader is ours) and
 /// removes their records and its own, as a clean `down` would have.
-fn stop_leftovers(store: &Store) -> anyhow::Result<()> {
+/// Returns how many records it removed.
+fn stop_leftovers(store: &Store) -> anyhow::Result<usize> {
     let registry = store.read_within(Duration::from_secs(5))?;
     let ours: Vec<(ServiceKey, ServiceRecord)> = registry
         .services()
@@ -386,14 +431,17 @@ fn stop_leftovers(store: &Store) -> anyhow::Result<()> {
             t.name, t.pid
         );
     }
-    store.update(|reg| {
+    // Written only when something was removed: a root with nothing
+    // recorded is left exactly as it was.
+    let removed = store.update_if(|reg| {
+        let mut removed = 0;
         for (key, _) in &ours {
-            reg.remove(key);
+            removed += usize::from(reg.remove(key).is_some());
         }
-        reg.remove(&ServiceKey::global(COORDINATOR_NAME));
-        Ok::<_, crate::registry::StoreError>(())
+        removed += usize::from(reg.remove(&ServiceKey::global(COORDINATOR_NAME)).is_some());
+        Ok::<_, crate::registry::StoreError>((removed, removed > 0))
     })?;
-    Ok(())
+    Ok(removed)
 }
 
 fn target(args: &TargetArgs) -> Result<Target, CliError> {

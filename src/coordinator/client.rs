@@ -60,9 +60,16 @@ pub fn request(paths: &Paths, req: &Request, timeout: Duration) -> Result<Respon
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
-    (&stream).write_all(&line).map_err(io)?;
+    // A coordinator at its connection cap answers `busy` and closes before
+    // reading anything, so the write may fail while its answer is waiting
+    // to be read: read it before reporting the write's error.
+    let written = (&stream).write_all(&line);
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    let read = BufReader::new(&stream).read_line(&mut reply);
+    if reply.is_empty() {
+        written.map_err(io)?;
+    }
+    read.map_err(io)?;
     if reply.is_empty() {
         return Err(ClientError::Protocol(
             "connection closed without a reply".into(),

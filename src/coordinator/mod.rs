@@ -85,9 +85,13 @@ impl DownMark {
     /// what cannot be read: when in doubt, do not start.
     pub fn read(paths: &Paths) -> Option<DownMark> {
         let path = paths.down_mark();
-        fs::symlink_metadata(&path).ok()?;
-        let note = fs::read_to_string(&path)
-            .ok()
+        let meta = fs::symlink_metadata(&path).ok()?;
+        // Only a regular file is read: a FIFO (or a symlink to one, or to
+        // /dev/zero) at the mark would hang or flood the watchdog and `up`.
+        let note = meta
+            .is_file()
+            .then(|| read_note(&path))
+            .flatten()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty() && t.len() < 512 && !t.chars().any(char::is_control))
             .unwrap_or_else(|| format!("{} exists", path.display()));
@@ -124,6 +128,15 @@ impl DownMark {
             Err(e) => Err(e).with_context(|| format!("removing the down mark {}", path.display())),
         }
     }
+}
+
+/// The first 512 bytes of the mark; never blocks, never follows a symlink
+/// (the file may have been swapped since it was looked at).
+fn read_note(path: &Path) -> Option<String> {
+    let file = crate::fsx::open_file(path, crate::fsx::How::Read).ok()?;
+    let mut text = String::new();
+    file.take(512).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// The exclusive lock that makes a coordinator the only one on its root.
