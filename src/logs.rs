@@ -142,6 +142,48 @@ fn copy_private(dir: &Dir, from: &mut File, to: &OsStr) -> io::Result<OsString> 
     }
 }
 
+/// `[logs] timestamps`: whether services started from now on write through
+/// a stamper (see [`stamp`]). Published like the rotation policy.
+static TIMESTAMPS: AtomicBool = AtomicBool::new(false);
+
+pub fn set_timestamps(on: bool) {
+    TIMESTAMPS.store(on, Ordering::Relaxed);
+}
+
+pub fn timestamps() -> bool {
+    TIMESTAMPS.load(Ordering::Relaxed)
+}
+
+/// `psm log-stamp <log>`: copies `input` (a service's stdout and stderr,
+/// through a pipe) to the log, each line preceded by the time it was read
+/// (`[2026-11-26T23:10:00.123Z] `), until end of input: when the service
+/// and every descendant holding the pipe have exited. It runs in a
+/// session of its own, so it outlives a coordinator restart as the service
+/// does. A line is written (with `O_APPEND`) as soon as it is complete; a
+/// last line without a newline is written at the end.
+pub fn stamp(input: impl io::Read, log: &Path) -> io::Result<()> {
+    use io::BufRead;
+    let mut out = crate::process::open_log(log)?;
+    let mut input = io::BufReader::new(input);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded: a service writing no newline for a gigabyte does not
+        // make the stamper hold it all.
+        let n = io::Read::take(&mut input, BLOCK as u64 * 16).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        let mut text = format!("[{time}] ").into_bytes();
+        text.extend_from_slice(&line);
+        if !line.ends_with(b"\n") {
+            text.push(b'\n');
+        }
+        out.write_all(&text)?;
+    }
+}
+
 /// The rotation policy the watch applies: `max-size` and `keep` of the
 /// config the coordinator runs (published by it on every tick, so a reload
 /// takes effect within one tick). Process-global because there is one

@@ -40,8 +40,9 @@ pub enum Command {
     Check(ServiceArgs),
     /// Stamp a service's last health check with the current time.
     Refresh(ServiceArgs),
-    /// Show every service and session; dead processes show as dead.
-    Status(JsonArgs),
+    /// Show every service and session (dead processes show as dead, and why
+    /// each service that is not running last ended), or one service in detail.
+    Status(StatusArgs),
     /// Remove records of processes that are gone; clean up sessions whose process is gone.
     Cleanup(JsonArgs),
     /// Terminal sessions whose services end with them.
@@ -64,7 +65,7 @@ pub enum Command {
     Restart(TargetArgs),
     /// Re-read the configuration: start added, stop removed, restart changed services.
     Reload,
-    /// Print (and follow) a service's log.
+    /// Print (and follow) a service's log, or every service's.
     Logs(LogsArgs),
     /// A live, full-screen view of every service and session: status, pid,
     /// uptime, restarts, CPU, memory, health, last exit; restart, stop,
@@ -86,6 +87,10 @@ pub enum Command {
     },
     /// Print psm's man page (roff): `psm man > ~/.local/share/man/man1/psm.1`.
     Man,
+    /// (Internal) Copy stdin to LOG, each line preceded by its time: what
+    /// a service writes through with `[logs] timestamps = true`.
+    #[command(hide = true)]
+    LogStamp { log: PathBuf },
 }
 
 /// The shells `psm completions` writes a script for.
@@ -217,6 +222,19 @@ pub struct JsonArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One service to show in detail: command, process, exits, health, log.
+    #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
+    pub service: Option<String>,
+    /// Only the instance of this project (per-project services); default: all.
+    #[arg(long, value_name = "PATH", requires = "service")]
+    pub project: Option<PathBuf>,
+    /// Machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
     /// Record a session: the process whose end ends it, and its project.
@@ -294,11 +312,12 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The service name (per-project instances: name@project, or --project).
+    /// The service name (per-project instances: name@project, or --project);
+    /// without one, every service's log, each line prefixed by its service.
     #[arg(add = ArgValueCompleter::new(super::completions::service_names))]
-    pub service: String,
+    pub service: Option<String>,
     /// The project of a per-project instance.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "service")]
     pub project: Option<PathBuf>,
     /// Keep printing what is appended, like tail -F.
     #[arg(short, long)]
@@ -306,4 +325,9 @@ pub struct LogsArgs {
     /// How many lines to print first.
     #[arg(short = 'n', long, default_value_t = 50)]
     pub lines: usize,
+    /// Leave out lines older than this ("10m", "2h") among those that start
+    /// with an RFC 3339 time ("2026-11-26T23:10:00Z", also in brackets);
+    /// lines without one go with the line before them.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
 }

@@ -483,7 +483,7 @@ pub fn reload(paths: &Paths) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn logs(paths: &Paths, args: &LogsArgs) -> CliResult {
+pub fn logs(paths: &Paths, args: &LogsArgs, service: &str) -> CliResult {
     let label = match &args.project {
         Some(p) => {
             let project = input::canonical_project(p)?;
@@ -491,9 +491,9 @@ pub fn logs(paths: &Paths, args: &LogsArgs) -> CliResult {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            format!("{}@{name}", args.service)
+            format!("{service}@{name}")
         }
-        None => args.service.clone(),
+        None => service.to_string(),
     };
     if !label
         .split('@')
@@ -508,15 +508,28 @@ pub fn logs(paths: &Paths, args: &LogsArgs) -> CliResult {
             path.display()
         )));
     }
-    let mut out = std::io::stdout().lock();
+    let mut since = args.since.map(super::all_logs::Since::new);
     if args.follow {
-        crate::logs::follow(&path, args.lines, &mut out, &|| false)
-            .map_err(|e| log_error(e, "following", &path))?;
+        let result = match since {
+            // Line by line, to filter the lines printed first.
+            Some(_) => {
+                let mut out = super::all_logs::Prefixed::new(String::new(), since);
+                crate::logs::follow(&path, args.lines, &mut out, &|| false)
+            }
+            None => {
+                crate::logs::follow(&path, args.lines, &mut std::io::stdout().lock(), &|| false)
+            }
+        };
+        result.map_err(|e| log_error(e, "following", &path))?;
     } else {
         use std::io::Write;
+        let mut out = std::io::stdout().lock();
         for line in
             crate::logs::tail(&path, args.lines).map_err(|e| log_error(e, "reading", &path))?
         {
+            if !since.as_mut().is_none_or(|s| s.keep(line.as_bytes())) {
+                continue;
+            }
             if writeln!(out, "{line}").is_err() {
                 break;
             }

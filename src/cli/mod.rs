@@ -1,9 +1,11 @@
 //! The `psm` command line: parse, validate into domain types, call the
 //! library, print. Exit codes: 0 success, 1 failure or not found, 2 usage.
 
+mod all_logs;
 pub mod args;
 mod completions;
 mod daemon;
+mod describe;
 mod entry;
 mod output;
 mod session;
@@ -88,6 +90,11 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
     match cli.command {
         Command::Completions { shell } => return completions::print_registration(shell),
         Command::Man => return completions::print_man(),
+        Command::LogStamp { log } => {
+            crate::logs::stamp(std::io::stdin().lock(), &log)
+                .with_context(|| format!("stamping into {}", log.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let paths = Paths::resolve(cli.root.as_deref()).context("finding the current directory")?;
@@ -121,6 +128,10 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Refresh(a) => {
             manager.refresh_health_check(&service_key(&a)?)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(a) if a.service.is_some() => {
+            let name = a.service.clone().unwrap_or_default();
+            describe::run(&paths, &manager, &a, &name)
         }
         Command::Status(a) => {
             let registry = manager.store().read().map_err(ManagerError::from)?;
@@ -159,12 +170,16 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
         Command::Stop(a) => daemon::control(&paths, Request::Stop, &a),
         Command::Restart(a) => daemon::control(&paths, Request::Restart, &a),
         Command::Reload => daemon::reload(&paths),
-        Command::Logs(a) => daemon::logs(&paths, &a),
+        Command::Logs(a) => match &a.service {
+            Some(service) => daemon::logs(&paths, &a, service),
+            None => all_logs::run(&paths, a.lines, a.follow, a.since),
+        },
         Command::Top => top::run(&paths, &manager),
         Command::Watchdog(a) => watch::watchdog(&paths, a),
         Command::Verify(a) => watch::verify(&paths, &manager, &a),
         Command::Completions { shell } => completions::print_registration(shell),
         Command::Man => completions::print_man(),
+        Command::LogStamp { .. } => unreachable!("handled above"),
     }
 }
 

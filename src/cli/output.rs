@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::input::printable;
-use crate::registry::HealthStatus;
+use crate::registry::{HealthStatus, ServiceHealth};
 use crate::time::{short_duration, since_millis};
 
 /// Prints JSON: indented for a person at a terminal, compact (one line, a
@@ -99,6 +99,46 @@ pub(super) fn memory_cell(rss: Option<u64>) -> String {
     }
 }
 
+/// The widest a reason line gets: the table stays readable at 100 columns.
+const REASON_WIDTH: usize = 100;
+
+/// The table with, under each service that is not running, why it last
+/// ended (`  └ exited with code 3`), cut to fit [`REASON_WIDTH`]. The
+/// table's first line is its header; `details` are its other lines.
+fn with_reasons(table: &str, details: &[ServiceHealth]) -> String {
+    let mut out = String::new();
+    let mut lines = table.lines();
+    if let Some(header) = lines.next() {
+        out.push_str(header);
+        out.push('\n');
+    }
+    for (line, d) in lines.zip(details) {
+        out.push_str(line);
+        out.push('\n');
+        let running = d.status == crate::registry::status::RUNNING && d.pid.is_some();
+        let reason = d
+            .last_exit
+            .as_ref()
+            .and_then(crate::registry::model::exit_reason);
+        if let (false, Some(reason)) = (running, reason) {
+            let text = format!("  └ {}", printable(reason));
+            out.push_str(&cut(&text, REASON_WIDTH));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `text` in at most `width` characters, ending in `…` when cut.
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+    s.push('…');
+    s
+}
+
 pub fn print_status(health: &HealthStatus) {
     if health.details.is_empty() {
         println!("no services registered");
@@ -132,7 +172,7 @@ pub fn print_status(health: &HealthStatus) {
                 memory_cell(d.rss),
             ]);
         }
-        print!("{}", table(&rows));
+        print!("{}", with_reasons(&table(&rows), &health.details));
         println!(
             "{} service(s): {} healthy, {} unhealthy",
             health.total_services, health.healthy_services, health.unhealthy_services
@@ -203,5 +243,67 @@ mod usage_cell_tests {
         }
         assert_eq!(cpu_cell(Some(12.345)), "12.3%");
         assert_eq!(cpu_cell(None), "-");
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+    use crate::registry::ServiceType;
+
+    fn service(
+        status: &str,
+        pid: Option<i32>,
+        last_exit: Option<serde_json::Value>,
+    ) -> ServiceHealth {
+        ServiceHealth {
+            name: "s".into(),
+            service_type: ServiceType::Global,
+            project_path: None,
+            session_id: None,
+            pid,
+            status: status.into(),
+            healthy: false,
+            start_time: 0,
+            last_health_check: 0,
+            restart_count: 0,
+            cpu: None,
+            rss: None,
+            last_exit,
+        }
+    }
+
+    /// A reason line under each service that is not running and has one;
+    /// none under a running one; long or hostile reasons are cut and escaped.
+    #[test]
+    fn reasons_go_under_services_that_are_not_running() {
+        let exit = |r: &str| Some(serde_json::json!({ "reason": r }));
+        let long = "x".repeat(300);
+        let details = [
+            service("running", Some(5), exit("exited with code 1")),
+            service("failed", None, exit("exited with code 3")),
+            service("dead", Some(6), Some(serde_json::json!("oom"))),
+            service("backoff", None, None),
+            service("stopped", None, exit(&long)),
+            service("failed", None, exit("\u{1b}[2Jgone")),
+        ];
+        let table = "H\na\nb\nc\nd\ne\nf\n";
+        let text = with_reasons(table, &details);
+        let cut_line = format!("  └ {}…", "x".repeat(95));
+        let want = [
+            "H",
+            "a",
+            "b",
+            "  └ exited with code 3",
+            "c",
+            "  └ oom",
+            "d",
+            "e",
+            &cut_line,
+            "f",
+            "  └ \\u{1b}[2Jgone",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want);
+        assert!(text.lines().all(|l| l.chars().count() <= REASON_WIDTH));
     }
 }

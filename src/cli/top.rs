@@ -23,7 +23,6 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph};
 use ratatui::{DefaultTerminal, Frame};
-use serde_json::Value;
 
 use super::args::TargetArgs;
 use super::output::{age, cpu_cell, memory_cell};
@@ -74,7 +73,7 @@ pub(super) fn measure(
     }
 }
 
-fn key_of(d: &ServiceHealth) -> ServiceKey {
+pub(super) fn key_of(d: &ServiceHealth) -> ServiceKey {
     let scope = match (d.service_type, &d.project_path, &d.session_id) {
         (ServiceType::PerProject, Some(p), _) => Scope::Project(p.clone()),
         (ServiceType::PerSession, _, Some(s)) => Scope::Session(s.clone()),
@@ -555,19 +554,10 @@ fn items(registry: &Registry, health: HealthStatus) -> Vec<Item> {
     items
 }
 
-/// The record's last exit reason, if it has one: `lastExit.reason` (or a
-/// plain `lastExit` string, as the job example writes), at the top level
-/// or in `metadata`. Read through the record's JSON, so it is found whether
-/// psm knows the field or only keeps it.
+/// The record's last exit reason, if it has one (see
+/// [`ServiceRecord::last_exit_reason`]).
 fn last_exit_reason(record: &ServiceRecord) -> Option<String> {
-    let json = serde_json::to_value(record).ok()?;
-    let exit = [&json["lastExit"], &json["metadata"]["lastExit"]]
-        .into_iter()
-        .find(|v| !v.is_null())?;
-    match exit {
-        Value::String(s) => Some(s.clone()),
-        _ => exit["reason"].as_str().map(str::to_string),
-    }
+    record.last_exit_reason()
 }
 
 fn session_title(sessions: &[crate::registry::SessionHealth], id: &str) -> String {
@@ -649,7 +639,7 @@ fn stop_or_start(status: &str) -> fn(Target) -> Request {
 
 /// Where a service's log is: the coordinator's instances under their label
 /// (`name` or `name@project`), session services under session and name.
-fn log_path(paths: &Paths, d: &ServiceHealth) -> PathBuf {
+pub(super) fn log_path(paths: &Paths, d: &ServiceHealth) -> PathBuf {
     match (&d.session_id, &d.project_path) {
         (Some(session), _) => paths.session_service_log(session, &d.name),
         (None, Some(project)) => {
@@ -693,7 +683,7 @@ mod tests {
             pid: 5,
             start_time: 1,
         };
-        let with = |key: &str, value: Value| {
+        let with = |key: &str, value: serde_json::Value| {
             let mut r = ServiceRecord::new(&scope, "s", id, 0);
             if key == "metadata" {
                 r.metadata.insert("lastExit".into(), value);
@@ -716,7 +706,7 @@ mod tests {
             ),
             (
                 "a plain string",
-                with("metadata", Value::from("exit 0")),
+                with("metadata", serde_json::Value::from("exit 0")),
                 Some("exit 0"),
             ),
             (
@@ -783,6 +773,7 @@ mod tests {
             restart_count: 0,
             cpu: None,
             rss: None,
+            last_exit: None,
         };
         assert_eq!(log_path(&paths, &d), paths.service_log("kb"));
         d.project_path = Some("/home/me/proj".into());

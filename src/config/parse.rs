@@ -54,6 +54,7 @@ pub(super) struct RawRestart {
 pub(super) struct RawLogs {
     pub(super) max_size: Option<Spanned<i64>>,
     pub(super) keep: Option<Spanned<i64>>,
+    pub(super) timestamps: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -58,6 +58,8 @@ pub struct LogPolicy {
     pub max_size: u64,
     /// Rotated files kept besides the live one.
     pub keep: u32,
+    /// Each line of a service's log starts with the time it was written.
+    pub timestamps: bool,
 }
 
 impl Default for LogPolicy {
@@ -65,6 +67,7 @@ impl Default for LogPolicy {
         LogPolicy {
             max_size: 10 * 1024 * 1024,
             keep: 3,
+            timestamps: false,
         }
     }
 }

@@ -48,6 +48,7 @@ impl Ctx<'_> {
         config.logs = LogPolicy {
             max_size: self.count(Key::LogMaxSize, logs.max_size, defaults.max_size, "[logs]")?,
             keep: self.count(Key::LogKeep, logs.keep, defaults.keep, "[logs]")?,
+            timestamps: logs.timestamps.unwrap_or(defaults.timestamps),
         };
         let (control, defaults) = (raw.control, ControlPolicy::default());
         config.control = ControlPolicy {

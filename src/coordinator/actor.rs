@@ -419,6 +419,7 @@ impl CoordinatorActor {
     /// (`logs::SizeWatch`); each tick hands it the current config's policy.
     fn rotate_logs(&self) {
         crate::logs::set_policy(self.config.logs.max_size, self.config.logs.keep);
+        crate::logs::set_timestamps(self.config.logs.timestamps);
     }
 
     /// The managed instances a request names; every instance of the name

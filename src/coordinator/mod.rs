@@ -331,6 +331,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     // their own (see `logs::SizeWatch`); the actor publishes reloads.
     let logs = settings.config.logs;
     crate::logs::set_policy(logs.max_size, logs.keep);
+    crate::logs::set_timestamps(logs.timestamps);
     let _log_watch = crate::logs::SizeWatch::start(settings.paths.logs_dir())
         .context("starting the log size watch")?;
 

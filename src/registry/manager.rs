@@ -105,6 +105,9 @@ pub struct ServiceHealth {
     /// Resident bytes of the service's process tree (running services only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss: Option<u64>,
+    /// The record's `lastExit`, as recorded: why it last ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<serde_json::Value>,
 }
 
 /// One session as `status` shows it.
@@ -459,6 +462,7 @@ pub fn health_with(registry: &Registry, alive: impl Fn(Identity) -> bool) -> Hea
                 restart_count: r.restart_count,
                 cpu: None,
                 rss: None,
+                last_exit: r.last_exit().cloned(),
             }
         })
         .collect();

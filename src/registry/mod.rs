@@ -12,6 +12,8 @@ pub use manager::{
     CleanupReport, HealthStatus, ManagerError, Registration, ServiceHealth, SessionCleanup,
     SessionHealth, StateManager, Terminated,
 };
-pub use model::{status, Registry, Scope, ServiceKey, ServiceRecord, ServiceType, SessionRecord};
+pub use model::{
+    status, ExitRecord, Registry, Scope, ServiceKey, ServiceRecord, ServiceType, SessionRecord,
+};
 pub use store::{Store, StoreError};
 pub use writer::{RegistryActor, RegistryHandle, RegistryOp};

@@ -293,6 +293,82 @@ impl ServiceRecord {
     }
 }
 
+/// The record keys of the exit history: kept in `extra`, read leniently as
+/// JSON, so a `lastExit` another tool wrote in another shape (a plain
+/// string, say) never makes the registry unreadable.
+pub const LAST_EXIT_KEY: &str = "lastExit";
+pub const EXITS_KEY: &str = "exits";
+/// How many exits a record keeps for `psm status <service>`.
+pub const EXITS_KEPT: usize = 5;
+
+/// One end of a run: an exit, a start that failed, a probe that failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Milliseconds since the epoch.
+    pub time: u64,
+    pub code: Option<i32>,
+    /// The signal's name ("SIGKILL").
+    pub signal: Option<String>,
+    /// For a person: "exited with code 3", "killed by SIGKILL", ...
+    pub reason: String,
+}
+
+impl ServiceRecord {
+    /// Records `exit` as the last one and appends it to the bounded history.
+    pub fn set_exits<'a>(&mut self, exits: impl IntoIterator<Item = &'a ExitRecord>) {
+        let exits: Vec<Value> = exits
+            .into_iter()
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect();
+        match exits.last() {
+            Some(last) => {
+                self.extra.insert(LAST_EXIT_KEY.into(), last.clone());
+                self.extra.insert(EXITS_KEY.into(), Value::Array(exits));
+            }
+            None => {
+                self.extra.remove(LAST_EXIT_KEY);
+                self.extra.remove(EXITS_KEY);
+            }
+        }
+    }
+
+    /// The recorded exits, oldest first: those psm can read, at most
+    /// [`EXITS_KEPT`].
+    pub fn exits(&self) -> Vec<ExitRecord> {
+        let Some(Value::Array(all)) = self.extra.get(EXITS_KEY) else {
+            return Vec::new();
+        };
+        let exits: Vec<ExitRecord> = all
+            .iter()
+            .filter_map(|e| serde_json::from_value(e.clone()).ok())
+            .collect();
+        let skip = exits.len().saturating_sub(EXITS_KEPT);
+        exits.into_iter().skip(skip).collect()
+    }
+
+    /// The last exit as recorded, in whatever shape it was written.
+    pub fn last_exit(&self) -> Option<&Value> {
+        self.extra
+            .get(LAST_EXIT_KEY)
+            .or_else(|| self.metadata.get(LAST_EXIT_KEY))
+    }
+
+    /// The last exit's reason: `lastExit.reason`, or a plain `lastExit`
+    /// string (as the job example writes), at the top level or in metadata.
+    pub fn last_exit_reason(&self) -> Option<String> {
+        exit_reason(self.last_exit()?).map(str::to_string)
+    }
+}
+
+/// The reason in a recorded `lastExit`: its `reason`, or the value itself
+/// when it is a plain string.
+pub fn exit_reason(last_exit: &Value) -> Option<&str> {
+    match last_exit {
+        Value::String(s) => Some(s),
+        other => other.get("reason")?.as_str(),
+    }
+}
+
 /// A terminal session whose per-session services end with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -582,5 +658,44 @@ mod tests {
         assert_eq!(reg.services().count(), 1);
         assert!(reg.remove(&key).is_some());
         assert!(reg.services.projects.is_empty());
+    }
+
+    /// Exits round-trip through the record's JSON; a `lastExit` or `exits`
+    /// in another shape (another tool's) is kept, read as far as it can be,
+    /// and never makes the record unreadable.
+    #[test]
+    fn exits_are_kept_leniently() {
+        let id = Identity {
+            pid: 10,
+            start_time: 1,
+        };
+        let mut r = ServiceRecord::new(&Scope::Global, "s", id, 0);
+        let exit = |n: u64| ExitRecord {
+            time: n,
+            code: Some(n as i32),
+            signal: None,
+            reason: format!("exited with code {n}"),
+        };
+        let all: Vec<ExitRecord> = (1..=7).map(exit).collect();
+        r.set_exits(&all);
+        let back: ServiceRecord =
+            serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back.exits(), all[2..].to_vec());
+        assert_eq!(
+            back.last_exit_reason().as_deref(),
+            Some("exited with code 7")
+        );
+
+        let theirs = serde_json::json!({
+            "pid": 5, "type": "global",
+            "lastExit": "oom", "exits": ["x", {"time": 1}, serde_json::to_value(exit(2)).unwrap()],
+        });
+        let r: ServiceRecord = serde_json::from_value(theirs.clone()).unwrap();
+        assert_eq!(r.last_exit_reason().as_deref(), Some("oom"));
+        assert_eq!(r.exits(), vec![exit(2)]);
+        let again = serde_json::to_value(&r).unwrap();
+        assert_eq!(again["lastExit"], theirs["lastExit"]);
+        assert_eq!(again["exits"], theirs["exits"]);
+        assert_eq!(exit_reason(&serde_json::json!(3)), None);
     }
 }

@@ -22,7 +22,7 @@
 //! Every registry change goes through the daemon's registry writer, by the
 //! narrow `RegistryHandle`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -41,7 +41,8 @@ use crate::process::{
     detached_command, signal_marked, signal_tree, terminate, DetachedSpec, Identity, Marker,
     ProcInfo, StopRequest,
 };
-use crate::registry::{status, RegistryHandle, RegistryOp, ServiceRecord};
+use crate::registry::model::EXITS_KEPT;
+use crate::registry::{status, ExitRecord, RegistryHandle, RegistryOp, ServiceRecord};
 use crate::time::now_millis;
 
 /// Who manages a record, in its metadata: the coordinator adopts only these.
@@ -89,6 +90,13 @@ pub struct ServiceActor {
     /// Descendants of the run being stopped that left its process group:
     /// signalled with it, ended before the stop is confirmed.
     escaped: Vec<Identity>,
+    /// The last [`EXITS_KEPT`] ends of a run, oldest first: in the record
+    /// as `exits`, the newest also as `lastExit`.
+    exits: VecDeque<ExitRecord>,
+    /// Why the current run's probe failed, once it has (the kill's reason).
+    probe_failure: Option<String>,
+    /// The last probe's time and outcome, for `psm status <service>`.
+    last_probe: Option<(u64, Result<(), String>)>,
     span: tracing::Span,
 }
 
@@ -115,6 +123,9 @@ impl ServiceActor {
             started_from: None,
             stop_waiters: Vec::new(),
             escaped: Vec::new(),
+            exits: VecDeque::new(),
+            probe_failure: None,
+            last_probe: None,
             span,
         }
     }
@@ -151,11 +162,34 @@ impl ServiceActor {
         meta.insert("managedBy".into(), Value::from(MANAGED_BY));
         meta.insert("instance".into(), Value::from(self.inst.label.clone()));
         meta.insert("kind".into(), Value::from(self.inst.spec.kind.clone()));
+        meta.insert("cwd".into(), Value::from(self.inst.cwd.to_string_lossy()));
+        if let Some(spec) = &self.inst.spec.health {
+            meta.insert("health".into(), Value::from(describe_probe(spec)));
+        }
         if let Some(hash) = &self.started_from {
             meta.insert(SPEC_HASH_KEY.into(), Value::from(hash.clone()));
         }
         record.metadata = meta;
+        record.set_exits(&self.exits);
+        if let Some((time, result)) = &self.last_probe {
+            record.extra.insert(
+                LAST_PROBE_KEY.into(),
+                serde_json::json!({
+                    "time": time,
+                    "ok": result.is_ok(),
+                    "reason": result.as_ref().err(),
+                }),
+            );
+        }
         record
+    }
+
+    /// Keeps `exit` as the last one, dropping the oldest beyond [`EXITS_KEPT`].
+    fn record_exit(&mut self, exit: ExitRecord) {
+        self.exits.push_back(exit);
+        while self.exits.len() > EXITS_KEPT {
+            self.exits.pop_front();
+        }
     }
 
     fn persist(&self, status: &str) {
@@ -183,8 +217,13 @@ impl ServiceActor {
                 .collect(),
             log: self.paths.service_log(&self.inst.label),
         };
-        let spawned =
-            detached_command(&detached).and_then(|cmd| tokio::process::Command::from(cmd).spawn());
+        let spawned = detached_command(&detached).and_then(|mut cmd| {
+            if crate::logs::timestamps() {
+                let pipe = start_stamper(&detached.log)?;
+                cmd.stdout(pipe.try_clone()?).stderr(pipe);
+            }
+            tokio::process::Command::from(cmd).spawn()
+        });
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -193,6 +232,12 @@ impl ServiceActor {
                 // (a message at the earliest) or `failed`, never a spawn, so
                 // this does not recurse however often it fails.
                 let how = format!("could not start: {e}");
+                self.record_exit(ExitRecord {
+                    time: now_millis(),
+                    code: None,
+                    signal: None,
+                    reason: how.clone(),
+                });
                 self.on(
                     Event::Exited {
                         uptime: Duration::ZERO,
@@ -207,6 +252,8 @@ impl ServiceActor {
         // if it already exited.
         let pid = child.id().map_or(0, |p| p as i32);
         let identity = Identity::of(pid).unwrap_or(Identity { pid, start_time: 0 });
+        self.probe_failure = None;
+        self.last_probe = None;
         self.run = Some(Run {
             identity,
             started: Instant::now(),
@@ -222,14 +269,19 @@ impl ServiceActor {
         ctx.spawn(
             async move {
                 let exit = match child.wait().await {
-                    Ok(s) => (describe_exit(s), s.success()),
-                    Err(e) => (format!("wait failed: {e}"), false),
+                    Ok(s) => describe_exit(s),
+                    Err(e) => ExitRecord {
+                        time: now_millis(),
+                        code: None,
+                        signal: None,
+                        reason: format!("wait failed: {e}"),
+                    },
                 };
                 crate::process::tree::release_child(pid);
                 exit
             }
             .into_actor(self)
-            .map(move |(how, clean), act, ctx| act.exited(generation, &how, clean, ctx)),
+            .map(move |exit, act, ctx| act.exited(generation, exit, ctx)),
         );
     }
 
@@ -247,6 +299,7 @@ impl ServiceActor {
             daemon: false,
         });
         self.state = Lifecycle::running(record.restart_count);
+        self.exits = record.exits().into();
         self.started_from = record
             .metadata
             .get(SPEC_HASH_KEY)
@@ -258,12 +311,18 @@ impl ServiceActor {
             wait_for_exit(identity)
                 .into_actor(self)
                 .map(move |(), act, ctx| {
-                    act.exited(generation, "exited (adopted; status unknown)", false, ctx)
+                    let exit = ExitRecord {
+                        time: now_millis(),
+                        code: None,
+                        signal: None,
+                        reason: "exited (adopted; status unknown)".into(),
+                    };
+                    act.exited(generation, exit, ctx)
                 }),
         );
     }
 
-    fn exited(&mut self, generation: u64, how: &str, clean: bool, ctx: &mut Context<Self>) {
+    fn exited(&mut self, generation: u64, mut exit: ExitRecord, ctx: &mut Context<Self>) {
         let Some(run) = self.run.filter(|r| r.generation == generation) else {
             return; // an earlier run's exit, already handled
         };
@@ -271,9 +330,11 @@ impl ServiceActor {
         // A daemonizing service's leader exits 0 once its daemon is off on
         // its own: while a descendant attributed to the service lives, the
         // service runs, carried by that process (see `carry_on`).
-        if (clean || run.daemon) && self.state.phase == Phase::Running {
+        if (exit.code == Some(0) || run.daemon) && self.state.phase == Phase::Running {
             if let Some(daemon) = self.survivor() {
-                self.carry_on(run, daemon, how, ctx);
+                let how = exit.reason.clone();
+                self.record_exit(exit);
+                self.carry_on(run, daemon, &how, ctx);
                 return;
             }
         }
@@ -290,13 +351,15 @@ impl ServiceActor {
         }
         // A run ended by a failed probe was healthy until then, so its uptime
         // counts towards `stable-after` like any other run's.
-        let how = if run.probe_failed {
-            "killed after a failed health probe"
-        } else {
-            how
-        };
+        if run.probe_failed {
+            if let Some(why) = self.probe_failure.take() {
+                exit.reason = format!("health probe failed: {why}");
+            }
+        }
+        let how = exit.reason.clone();
+        self.record_exit(exit);
         let uptime = run.started.elapsed();
-        self.on(Event::Exited { uptime }, how, ctx);
+        self.on(Event::Exited { uptime }, &how, ctx);
     }
 
     /// The oldest live process that outlived the run's leader and is
@@ -326,7 +389,13 @@ impl ServiceActor {
             wait_for_exit(daemon)
                 .into_actor(self)
                 .map(move |(), act, ctx| {
-                    act.exited(generation, "the daemon exited (status unknown)", false, ctx)
+                    let exit = ExitRecord {
+                        time: now_millis(),
+                        code: None,
+                        signal: None,
+                        reason: "the daemon exited (status unknown)".into(),
+                    };
+                    act.exited(generation, exit, ctx)
                 }),
         );
     }
@@ -458,6 +527,10 @@ impl ServiceActor {
         let Some(run) = self.run.as_mut().filter(|r| r.generation == generation) else {
             return;
         };
+        if self.inst.spec.health.is_some() {
+            // Without a probe, the round only stamps the record: no result.
+            self.last_probe = Some((now_millis(), result.clone()));
+        }
         match result {
             // The whole record, not just a stamp: a registry that lost it
             // (moved aside, edited) has it back within one interval.
@@ -465,6 +538,7 @@ impl ServiceActor {
             Err(reason) => {
                 run.probe_failed = true;
                 let identity = run.identity;
+                self.probe_failure = Some(reason.clone());
                 warn!(parent: &self.span, pid = identity.pid, reason, "unhealthy; killing");
                 signal_tree(identity, Some(identity.pid), Signal::SIGKILL);
             }
@@ -651,17 +725,92 @@ fn end_all(processes: Vec<Identity>, signal: Signal, grace: Duration) {
     }
 }
 
-/// "exited with status 3" / "killed by SIGKILL".
-fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(s) => format!("killed by {s}"),
-            Err(_) => format!("killed by signal {sig}"),
-        },
-        _ => "exited".to_string(),
+/// The health check as `psm status <service>` shows it.
+fn describe_probe(spec: &HealthSpec) -> String {
+    match spec {
+        HealthSpec::Port { host, port } => format!("port {host}:{port}"),
+        HealthSpec::File { path, max_age } => {
+            format!("file {path} younger than {} ms", max_age.as_millis())
+        }
+        HealthSpec::Probe { name, .. } => format!("probe {name}"),
     }
+}
+
+/// The record's key for the last probe's time and outcome.
+pub const LAST_PROBE_KEY: &str = "lastProbe";
+
+/// The exit, now: "exited with code 3" / "killed by SIGKILL".
+fn describe_exit(status: std::process::ExitStatus) -> ExitRecord {
+    use std::os::unix::process::ExitStatusExt;
+    exit_record(now_millis(), status.code(), status.signal())
+}
+
+/// What a wait status says, as a record (a pure function, table-tested).
+fn exit_record(time: u64, code: Option<i32>, signal: Option<i32>) -> ExitRecord {
+    let name = signal.map(|sig| match Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => format!("signal {sig}"),
+    });
+    let reason = match (code, &name) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(name)) => format!("killed by {name}"),
+        _ => "exited".to_string(),
+    };
+    ExitRecord {
+        time,
+        code,
+        signal: name,
+        reason,
+    }
+}
+
+/// Starts `psm log-stamp <log>` in a session of its own, reading a new
+/// pipe; returns the pipe's write end for the service's stdout and stderr.
+/// The stamper ends at end of input, when the service and all its
+/// descendants have closed the pipe. Dropped here unawaited: tokio reaps
+/// it in the background when it exits.
+fn start_stamper(log: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::process::CommandExt;
+    let (reader, writer) = cloexec_pipe()?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("log-stamp")
+        .arg(log)
+        .stdin(reader)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    tokio::process::Command::from(cmd).spawn()?;
+    Ok(writer)
+}
+
+/// A pipe whose ends are close-on-exec: no other spawn inherits either,
+/// or the stamper would never see the end of its input.
+#[cfg(target_os = "linux")]
+fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// macOS has no `pipe2`: the flag is set just after. A spawn on another
+/// thread in between could inherit an end; the coordinator spawns services
+/// from its actor thread, one at a time.
+#[cfg(not(target_os = "linux"))]
+fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let (reader, writer) = nix::unistd::pipe()?;
+    for fd in [&reader, &writer] {
+        fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
+        )?;
+    }
+    Ok((reader, writer))
 }
 
 /// Resolves when the (not our child) process `identity` exits.
@@ -709,5 +858,28 @@ mod pidfd {
         // SAFETY: the kernel just returned this fd to us; nobody else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         identity.is_alive().then_some(fd)
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_read_as_reasons() {
+        let cases = [
+            (Some(3), None, "exited with code 3", None),
+            (Some(0), None, "exited with code 0", None),
+            (None, Some(9), "killed by SIGKILL", Some("SIGKILL")),
+            (None, Some(15), "killed by SIGTERM", Some("SIGTERM")),
+            (None, Some(99), "killed by signal 99", Some("signal 99")),
+            (None, None, "exited", None),
+        ];
+        for (code, signal, reason, name) in cases {
+            let e = exit_record(7, code, signal);
+            assert_eq!(e.reason, reason, "{code:?} {signal:?}");
+            assert_eq!(e.signal.as_deref(), name);
+            assert_eq!((e.time, e.code), (7, code));
+        }
     }
 }

@@ -145,7 +145,10 @@ impl Root {
     /// The pid written in the coordinator lock file, if that process is alive.
     pub fn coordinator_pid(&self) -> Option<i32> {
         let pid: i32 = self.read(".psm/coordinator.lock").trim().parse().ok()?;
-        (pid > 1 && alive(pid)).then_some(pid)
+        // The file keeps a dead coordinator's pid, and tests that steer pid
+        // allocation hand such numbers to strangers: only a live `psm
+        // coordinator` of this root is ours to name (and to SIGKILL on drop).
+        (pid > 1 && alive(pid) && runs_coordinator_of(pid, self.path())).then_some(pid)
     }
 
     /// (pid, pidStartTime) of every service record with a process.
@@ -347,6 +350,29 @@ fn kill_processes_naming(roots: &[&Path]) -> usize {
         }
     }
     found
+}
+
+/// Whether `pid` runs `psm … coordinator` with `root` among its arguments.
+#[cfg(target_os = "linux")]
+fn runs_coordinator_of(pid: i32, root: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let canonical = fs::canonicalize(root).ok();
+    let roots: Vec<&[u8]> = [Some(root), canonical.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(|r| r.as_os_str().as_bytes())
+        .collect();
+    args.contains(&b"coordinator".as_slice()) && args.iter().any(|a| roots.contains(a))
+}
+
+/// Elsewhere the pid's liveness is all the helpers check.
+#[cfg(not(target_os = "linux"))]
+fn runs_coordinator_of(_pid: i32, _root: &Path) -> bool {
+    true
 }
 
 /// Every pid on the machine.

@@ -1,0 +1,261 @@
+//! Why a service last ended (`lastExit`, `exits`) and `psm status
+//! <service>`, with a real coordinator and real `sh` services.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until the global service `name`'s `lastExit` satisfies `want`;
+/// returns the record.
+fn last_exit_where(root: &Root, name: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let mut record = Value::Null;
+    wait_until(WAIT, &format!("{name}'s lastExit"), || {
+        record = root.global(name);
+        if want(&record["lastExit"]) {
+            Ok(())
+        } else {
+            Err(record.clone())
+        }
+    });
+    record
+}
+
+/// A service that exits with code 3 records `exited with code 3` (code 3,
+/// no signal) as its last exit, keeps only its last 5 exits, and the status
+/// table and `--json` show the reason once it has given up.
+#[test]
+fn an_exit_code_is_recorded_and_shown() {
+    let root = Root::new();
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "crash"
+type = "global"
+command = ["sh", "-c", "exit 3"]
+restart = {{ base = "0s", max = "0s", attempts = 7 }}
+"#
+    ));
+    root.up();
+    let mut record = Value::Null;
+    wait_until(WAIT, "crash failed", || {
+        record = root.global("crash");
+        if record["status"] == "failed" {
+            Ok(())
+        } else {
+            Err(record.clone())
+        }
+    });
+    let last = &record["lastExit"];
+    assert_eq!(last["reason"], "exited with code 3", "{record}");
+    assert_eq!(last["code"], 3);
+    assert_eq!(last["signal"], Value::Null);
+    assert!(last["time"].as_u64().unwrap() > 0);
+    let exits = record["exits"].as_array().expect("exits");
+    assert_eq!(exits.len(), 5, "8 exits, the last 5 kept: {record}");
+    assert_eq!(exits.last(), Some(last));
+
+    let table = root.ok(&["status"]);
+    let row = table
+        .lines()
+        .position(|l| l.starts_with("crash "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        table.lines().nth(row + 1),
+        Some("  └ exited with code 3"),
+        "{table}"
+    );
+    assert!(table.lines().all(|l| l.chars().count() <= 100), "{table}");
+
+    let json: Value = serde_json::from_str(&root.ok(&["status", "--json"])).unwrap();
+    let detail = json["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "crash")
+        .cloned()
+        .unwrap();
+    assert_eq!(detail["lastExit"]["reason"], "exited with code 3");
+}
+
+/// A SIGKILLed service records `killed by SIGKILL` with the signal's name
+/// and no code.
+#[test]
+fn a_kill_is_recorded_by_signal_name() {
+    let root = Root::new();
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "sleepy"
+type = "global"
+command = ["sleep", "1000"]
+restart = {{ base = "10s", max = "10s" }}
+"#
+    ));
+    root.up();
+    let pid = root.service_pid("sleepy");
+    sigkill(pid);
+    let record = last_exit_where(&root, "sleepy", |e| !e.is_null());
+    let last = &record["lastExit"];
+    assert_eq!(last["reason"], "killed by SIGKILL", "{record}");
+    assert_eq!(last["signal"], "SIGKILL");
+    assert_eq!(last["code"], Value::Null);
+    // In backoff (not running): the table says why.
+    let table = root.ok(&["status"]);
+    assert!(table.contains("  └ killed by SIGKILL"), "{table}");
+}
+
+/// A program that does not exist records why it could not start.
+#[test]
+fn a_failed_start_is_recorded() {
+    let root = Root::new();
+    let missing = root.file("no-such-program");
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "ghost"
+type = "global"
+command = ["{}"]
+restart = {{ attempts = 0 }}
+"#,
+        missing.display()
+    ));
+    root.up();
+    let record = last_exit_where(&root, "ghost", |e| !e.is_null());
+    assert_eq!(
+        record["lastExit"]["reason"], "could not start: No such file or directory (os error 2)",
+        "{record}"
+    );
+    let table = root.ok(&["status"]);
+    assert!(
+        table.contains("  └ could not start: No such file or directory"),
+        "{table}"
+    );
+}
+
+/// A service killed for a failed probe records the probe's reason, not
+/// just the SIGKILL; the detail view shows the probe and its last result.
+#[test]
+fn a_failed_probe_is_recorded_with_its_reason() {
+    let root = Root::new();
+    let port = free_port();
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "deaf"
+type = "global"
+command = ["sleep", "1000"]
+health = {{ port = {port} }}
+restart = {{ base = "10s", max = "10s" }}
+"#
+    ));
+    root.up();
+    let record = last_exit_where(&root, "deaf", |e| !e.is_null());
+    let reason = record["lastExit"]["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.starts_with(&format!("health probe failed: port 127.0.0.1:{port}")),
+        "{record}"
+    );
+    assert_eq!(record["lastExit"]["signal"], "SIGKILL");
+    let detail = root.ok(&["status", "deaf"]);
+    assert!(
+        detail.contains(&format!("health      port 127.0.0.1:{port}")),
+        "{detail}"
+    );
+    assert!(detail.contains(&reason), "{detail}");
+}
+
+/// `psm status web` shows the service in detail: command, cwd, pid, pgid,
+/// its child, log path, exits; `--json` has the same; an unknown service is
+/// one line on stderr and exit 1.
+#[test]
+fn one_service_in_detail() {
+    let root = Root::new();
+    let script = root.script(
+        "web.sh",
+        r#"sleep 1000 &
+echo $! > child.pid
+wait"#,
+    );
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "web"
+type = "global"
+command = ["sh", "{}"]
+restart = {{ base = "0s" }}
+"#,
+        script.display()
+    ));
+    root.up();
+    let first = root.service_pid("web");
+    sigkill(first); // one exit to show
+    let mut pid = first;
+    wait_for(WAIT, "web restarted", || {
+        pid = root.service_pid("web");
+        pid != first
+    });
+    let mut child = 0;
+    wait_until(WAIT, "the new run's child", || {
+        let text = std::fs::read_to_string(root.file("child.pid")).unwrap_or_default();
+        child = text.trim().parse().unwrap_or(0);
+        // The old run's child was killed with its group; wait for the new one.
+        if child > 0 && parent_of(child) == Some(pid) {
+            Ok(())
+        } else {
+            Err(child)
+        }
+    });
+
+    let text = root.ok(&["status", "web"]);
+    for want in [
+        "web (global)".to_string(),
+        "  status      running".to_string(),
+        format!("  command     sh {}", script.display()),
+        format!("  cwd         {}", root.path().display()),
+        format!("  pid         {pid}"),
+        format!("  pgid        {pid}"),
+        "  restarts    1".to_string(),
+        format!("  children    1 ({child})"),
+        format!(
+            "  log         {}",
+            root.path().join(".logs/web.log").display()
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == want), "no {want:?} in\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  exits ") && l.ends_with("  killed by SIGKILL")),
+        "{text}"
+    );
+
+    let json: Value = serde_json::from_str(&root.ok(&["status", "web", "--json"])).unwrap();
+    let d = &json[0];
+    assert_eq!(d["pid"], pid);
+    assert_eq!(d["pgid"], pid);
+    assert_eq!(d["children"], serde_json::json!([child]));
+    assert_eq!(d["exits"][0]["reason"], "killed by SIGKILL");
+    assert!(d["uptime"].as_u64().is_some(), "{d}");
+    assert!(d["rss"].as_u64().unwrap() > 0, "{d}");
+
+    let out = root.psm(&["status", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no service named 'nope'"), "{err}");
+}
+
+/// The parent pid of `pid`, from `ps` (Linux and macOS).
+fn parent_of(pid: i32) -> Option<i32> {
+    let out = std::process::Command::new("ps")
+        .args(["-o", "ppid=", "-p", &pid.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
