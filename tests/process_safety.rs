@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use support::Root;
 
-/// One test at a time: each stranger test steers the kernel's next pid. The
-/// health tests take it too: their coordinators restart a service every
+/// One test at a time: each stranger test steers the kernel's next pid, so
+/// every test of this file takes it. The health tests' reason: their coordinators restart a service every
 /// 50 ms, and a pid recycled that fast beside a steered one made the stranger
 /// tests fail in parallel runs (see docs/architecture.md: the window between
 /// judging a group and `killpg`).
@@ -424,6 +424,7 @@ mod strangers {
     /// (proved by their parent). This runs without root.
     #[test]
     fn members_left_behind_are_still_ended() {
+        let _serial = super::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let root = Root::new();
         let shell = root.sleeper();
         root.ok(&[
