@@ -211,7 +211,7 @@ fn accept_failures_back_off_and_log_once() {
     };
     let (ticks, started) = (cpu(), Instant::now());
     // A fixed wait: the loop must NOT burn CPU or log during it.
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(1)); // the loop must not spin meanwhile
     let used = (cpu() - ticks) as f64 / 100.0 / started.elapsed().as_secs_f64();
     let grown = log_len(&root) - log_before;
     let log = root.read(".logs/coordinator.log");
@@ -264,7 +264,7 @@ fn idle_connections_are_closed_after_the_timeout() {
         );
         pings += 1;
         // Paces the requests below the timeout: the connection must stay.
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100)); // idle, but never past the timeout
     }
     for (what, stream) in [("silent", &mut silent), ("partial", &mut partial)] {
         let reply = read_response(stream);

@@ -512,12 +512,12 @@ fn random_faults_never_break_the_promises() {
                 let mut n = round * 1000;
                 while !stop.load(Ordering::Relaxed) {
                     // A fault every 50–250 ms.
-                    thread::sleep(Duration::from_millis(50 + rng.below(200)));
+                    thread::sleep(Duration::from_millis(50 + rng.below(200))); // paces faults; never a wait for a result
                     random_fault(&root, &mut rng, &strangers, &mut n);
                 }
             }));
         }
-        thread::sleep(CHAOS); // the chaos runs for this long; nothing is asserted here
+        thread::sleep(CHAOS); // the chaos lasts this long; it never stands in for a wait on a result
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.join().expect("a worker panicked");

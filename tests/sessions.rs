@@ -214,7 +214,7 @@ fn spawn_under_an_unknown_session_is_refused() {
     // The command would have touched the file at once; `psm` has returned,
     // so a started process would have had its chance (this only shows that
     // nothing ran).
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300)); // shows the command never ran
     assert!(!marker.exists(), "the command was started");
 }
 

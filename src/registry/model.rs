@@ -313,6 +313,19 @@ pub struct ExitRecord {
     pub reason: String,
 }
 
+impl ExitRecord {
+    /// An end seen now whose exit status psm cannot know (the process was
+    /// not its child).
+    pub fn unknown(reason: &str) -> ExitRecord {
+        ExitRecord {
+            time: crate::time::now_millis(),
+            code: None,
+            signal: None,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 impl ServiceRecord {
     /// Records `exit` as the last one and appends it to the bounded history.
     pub fn set_exits<'a>(&mut self, exits: impl IntoIterator<Item = &'a ExitRecord>) {

@@ -311,12 +311,7 @@ impl ServiceActor {
             wait_for_exit(identity)
                 .into_actor(self)
                 .map(move |(), act, ctx| {
-                    let exit = ExitRecord {
-                        time: now_millis(),
-                        code: None,
-                        signal: None,
-                        reason: "exited (adopted; status unknown)".into(),
-                    };
+                    let exit = ExitRecord::unknown("exited (adopted; status unknown)");
                     act.exited(generation, exit, ctx)
                 }),
         );
@@ -389,12 +384,7 @@ impl ServiceActor {
             wait_for_exit(daemon)
                 .into_actor(self)
                 .map(move |(), act, ctx| {
-                    let exit = ExitRecord {
-                        time: now_millis(),
-                        code: None,
-                        signal: None,
-                        reason: "the daemon exited (status unknown)".into(),
-                    };
+                    let exit = ExitRecord::unknown("the daemon exited (status unknown)");
                     act.exited(generation, exit, ctx)
                 }),
         );
