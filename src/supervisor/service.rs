@@ -307,13 +307,28 @@ impl ServiceActor {
             .map(str::to_string);
         info!(parent: &self.span, pid = identity.pid, "adopted");
         self.persist(status::RUNNING);
+        self.watch_unowned(
+            identity,
+            generation,
+            "exited (adopted; status unknown)",
+            ctx,
+        );
+    }
+
+    /// Handles the exit of a process that is not our child (adopted, or a
+    /// daemon carrying the run) as run `generation`'s end; its status is
+    /// unknown, so `reason` says so.
+    fn watch_unowned(
+        &self,
+        identity: Identity,
+        generation: u64,
+        reason: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
         ctx.spawn(
             wait_for_exit(identity)
                 .into_actor(self)
-                .map(move |(), act, ctx| {
-                    let exit = ExitRecord::unknown("exited (adopted; status unknown)");
-                    act.exited(generation, exit, ctx)
-                }),
+                .map(move |(), act, ctx| act.exited(generation, ExitRecord::unknown(reason), ctx)),
         );
     }
 
@@ -380,13 +395,11 @@ impl ServiceActor {
         });
         info!(parent: &self.span, how, pid = daemon.pid, "leader exited; its daemon carries the service on");
         self.persist(status::RUNNING);
-        ctx.spawn(
-            wait_for_exit(daemon)
-                .into_actor(self)
-                .map(move |(), act, ctx| {
-                    let exit = ExitRecord::unknown("the daemon exited (status unknown)");
-                    act.exited(generation, exit, ctx)
-                }),
+        self.watch_unowned(
+            daemon,
+            generation,
+            "the daemon exited (status unknown)",
+            ctx,
         );
     }
 
