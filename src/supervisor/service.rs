@@ -46,6 +46,10 @@ use crate::registry::{status, ExitRecord, RegistryHandle, RegistryOp, ServiceRec
 use crate::time::now_millis;
 
 /// Who manages a record, in its metadata: the coordinator adopts only these.
+/// How many looks (20 ms apart) a leader's clean exit gets for the daemon
+/// it may have left (see `ServiceActor::survivor`).
+const SETTLE_TRIES: u32 = 5;
+
 pub const MANAGED_BY: &str = "coordinator";
 
 /// Service actor → itself: the wait before restart `generation` + 1 is
@@ -341,7 +345,7 @@ impl ServiceActor {
         // its own: while a descendant attributed to the service lives, the
         // service runs, carried by that process (see `carry_on`).
         if (exit.code == Some(0) || run.daemon) && self.state.phase == Phase::Running {
-            if let Some(daemon) = self.survivor() {
+            if let Some(daemon) = self.survivor(exit.code == Some(0) && !run.daemon) {
                 let how = exit.reason.clone();
                 self.record_exit(exit);
                 self.carry_on(run, daemon, &how, ctx);
@@ -375,10 +379,23 @@ impl ServiceActor {
     /// The oldest live process that outlived the run's leader and is
     /// attributed to this service: an orphan we inherited as a subreaper
     /// whose environment names the service.
-    fn survivor(&self) -> Option<Identity> {
-        crate::process::tree::inherited_by(&self.inst.label, self.paths.root())
-            .into_iter()
-            .next()
+    ///
+    /// With `settle` (the leader just exited 0), a daemon still being born —
+    /// its setsid parent not yet gone, its environment unreadable mid-exec —
+    /// is given up to 100 ms to show: counting that run as a crash would start
+    /// a second daemon beside the first.
+    fn survivor(&self, settle: bool) -> Option<Identity> {
+        let tries = if settle { SETTLE_TRIES } else { 1 };
+        for attempt in 1..=tries {
+            let found = crate::process::tree::inherited_by(&self.inst.label, self.paths.root())
+                .into_iter()
+                .next();
+            if found.is_some() || attempt == tries {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Makes `daemon` the run's process: watched for its exit like an
