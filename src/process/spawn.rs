@@ -52,3 +52,27 @@ pub fn detached_command(spec: &DetachedSpec) -> io::Result<Command> {
 pub fn spawn_detached(spec: &DetachedSpec) -> io::Result<std::process::Child> {
     detached_command(spec)?.spawn()
 }
+
+/// A pipe whose ends are close-on-exec: no spawn inherits either (a
+/// service holding a stamper's pipe would keep it from ever seeing the end
+/// of its input; one holding the log watch's waker would stall its stop).
+#[cfg(target_os = "linux")]
+pub fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// macOS has no `pipe2`: the flag is set just after. A spawn on another
+/// thread in between could inherit an end; the coordinator spawns services
+/// from its actor thread, one at a time.
+#[cfg(not(target_os = "linux"))]
+pub fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let (reader, writer) = nix::unistd::pipe()?;
+    for fd in [&reader, &writer] {
+        fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
+        )?;
+    }
+    Ok((reader, writer))
+}
