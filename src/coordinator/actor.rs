@@ -283,15 +283,17 @@ impl CoordinatorActor {
             None => self.start_instance(instance, None),
             Some(reason) => {
                 info!(service = %instance.label, reason, "waiting");
-                self.record_waiting(&instance.key, &reason);
+                self.record_waiting(&instance, &reason);
                 self.waiting
                     .insert(instance.key.clone(), (instance, reason));
             }
         }
     }
 
-    fn record_waiting(&self, key: &ServiceKey, reason: &str) {
-        let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
+    fn record_waiting(&self, instance: &Instance, reason: &str) {
+        let key = &instance.key;
+        let script = instance.spec.command.join(" ");
+        let mut rec = ServiceRecord::without_process(&key.scope, script, now_millis());
         rec.status = status::WAITING.into();
         rec.metadata
             .insert("managedBy".into(), Value::from(MANAGED_BY));
@@ -320,7 +322,7 @@ impl CoordinatorActor {
                     }
                 }
                 Some(now) if &now != reason => {
-                    self.record_waiting(&key, &now);
+                    self.record_waiting(instance, &now);
                     if let Some(entry) = self.waiting.get_mut(&key) {
                         entry.1 = now;
                     }
