@@ -90,7 +90,9 @@ while :; do sleep 0.05; done"#,
     assert!(table.contains("  └ waiting for db"), "{table}");
     let one = root.ok(&["status", "web"]);
     assert!(one.contains("waiting (waiting for db)"), "{one}");
-    // db is held in its start: web has not started.
+    // db is held in its start (until the gate file exists): web has not
+    // started.
+    wait_for(WAIT, "db started", || !order(&root).is_empty());
     assert_eq!(order(&root), ["db start"]);
 
     std::fs::write(root.file("gate"), "").unwrap();
@@ -257,4 +259,91 @@ fn bad_dependencies_are_refused_with_file_and_line() {
         stderr(&out)
     );
     assert_eq!(root.service_pid("b"), b);
+}
+
+/// A dependency that is ready and then crash-loops restarts, on each new
+/// ready run, the dependents that `restart-with` it; the others keep their
+/// one process throughout.
+#[test]
+fn a_crash_looping_dependency_leaves_other_dependents_alone() {
+    let root = Root::new();
+    let db = root.script(
+        "db.sh",
+        r#"echo "db start" >> order
+sleep 0.2
+exit 1"#,
+    );
+    root.write_config(&format!(
+        "{FAST}[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nrestart = {{ base = \"50ms\", max = \"50ms\", attempts = 1000 }}\n{}{}",
+        db.display(),
+        service(&root, "web", "depends-on = [\"db\"]\nrestart-with = [\"db\"]"),
+        service(&root, "api", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    let count = |what: &str| order(&root).iter().filter(|l| *l == what).count();
+    wait_for(WAIT, "db restarted 4 times and web with it", || {
+        count("db start") >= 5 && count("web start") >= 4
+    });
+    // Four of db's restarts have come and gone: api, had it been restarted
+    // with any of them, would have started again.
+    assert_eq!(count("api start"), 1, "{:?}", order(&root));
+    let api = pid_of(&root.global("api")).expect("api's pid");
+    assert!(alive(api));
+}
+
+/// Two `psm start web` at once, with web and its dependency stopped: one db
+/// and one web start, and both commands succeed.
+#[test]
+fn two_starts_racing_start_one_of_each() {
+    let root = Root::new();
+    root.write_config(&format!(
+        "{FAST}{}{}",
+        service(&root, "db", ""),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    wait_for(WAIT, "both started", || order(&root).len() == 2);
+    root.ok(&["stop", "db"]);
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            root.cmd()
+                .args(["start", "web"])
+                .spawn()
+                .expect("psm start")
+        })
+        .collect();
+    for mut r in racers {
+        assert!(r.wait().unwrap().success());
+    }
+    wait_status(&root, "web", "running");
+    let after: Vec<String> = order(&root)[4..].to_vec();
+    assert_eq!(after, ["db start", "web start"]);
+    let d = pid_of(&root.global("db")).unwrap();
+    assert!(alive(d));
+}
+
+/// A per-project service may depend on a global one: it starts after it,
+/// and stopping the global one stops the project's instance first.
+#[test]
+fn a_per_project_service_follows_a_global_dependency() {
+    let root = Root::new();
+    let project = tempfile::tempdir().unwrap();
+    let web = root.script(
+        "web.sh",
+        r#"trap 'echo "web stopped" >> "$ORDER"; exit 0' TERM
+echo "web start" >> "$ORDER"
+while :; do sleep 0.05; done"#,
+    );
+    root.write_config(&format!(
+        "{FAST}projects = [\"{}\"]\n{}[[service]]\nname = \"web\"\ntype = \"per-project\"\ncommand = [\"sh\", \"{}\"]\nenv = {{ ORDER = \"{}\" }}\ndepends-on = [\"db\"]\n",
+        project.path().display(),
+        service(&root, "db", ""),
+        web.display(),
+        root.file("order").display(),
+    ));
+    root.up();
+    wait_for(WAIT, "both started", || order(&root).len() == 2);
+    assert_eq!(order(&root), ["db start", "web start"]);
+    root.ok(&["stop", "db"]);
+    assert_eq!(order(&root)[2..], ["web stopped", "db stopped"]);
 }
