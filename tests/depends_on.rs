@@ -176,12 +176,20 @@ fn restart_with_restarts_only_those_that_ask() {
 }
 
 /// A dependency that gives up leaves its dependent waiting, with a reason
-/// that says so, and the dependent never starts.
+/// that says so, and the dependent never starts; once the dependency is
+/// restarted and ready, the dependent starts.
 #[test]
 fn a_failed_dependency_keeps_dependents_waiting_with_a_reason() {
     let root = Root::new();
+    let db = root.script(
+        "db.sh",
+        r#"[ -f fixed ] || exit 4
+echo "db start" >> order
+while :; do sleep 0.05; done"#,
+    );
     root.write_config(&format!(
-        "{FAST}[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"-c\", \"exit 4\"]\nstart-period = \"5s\"\nrestart = {{ base = \"0s\", max = \"0s\", attempts = 2 }}\n{}",
+        "{FAST}[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nstart-period = \"300ms\"\nrestart = {{ base = \"0s\", max = \"0s\", attempts = 2 }}\n{}",
+        db.display(),
         service(&root, "web", "depends-on = [\"db\"]"),
     ));
     root.up();
@@ -200,6 +208,11 @@ fn a_failed_dependency_keeps_dependents_waiting_with_a_reason() {
     assert!(why.contains("exited with code 4"), "{why}");
     assert!(why.contains("psm restart db"), "{why}");
     assert!(order(&root).is_empty(), "web never started");
+
+    std::fs::write(root.file("fixed"), "").unwrap();
+    root.ok(&["restart", "db"]);
+    wait_status(&root, "web", "running");
+    assert_eq!(order(&root), ["db start", "web start"]);
 }
 
 /// A cycle, an unknown name or a self-dependency is one line naming the

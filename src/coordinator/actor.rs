@@ -436,6 +436,9 @@ impl CoordinatorActor {
             );
             self.end_processes(split.twins, false);
         }
+        // An instance launched before its dependency was: its reason now
+        // says the dependency is coming rather than not running.
+        self.release_waiting();
         info!(
             services = desired.len(),
             adopted,
@@ -562,6 +565,7 @@ impl CoordinatorActor {
             info!(service = %instance.label, "project active; starting");
             self.launch(instance, None);
         }
+        self.release_waiting();
         stops
     }
 
@@ -590,13 +594,8 @@ impl CoordinatorActor {
         // Instances that exist now, plus what the config would start for the
         // currently known projects (so a stopped per-project service can be
         // named and started again).
-        let mut pool: BTreeMap<ServiceKey, Instance> = self
-            .services
-            .iter()
-            .map(|(k, m)| (k.clone(), m.instance.clone()))
-            .collect();
-        let projects: BTreeSet<PathBuf> = self
-            .services
+        let mut pool: BTreeMap<ServiceKey, Instance> = self.running(|_| true);
+        let projects: BTreeSet<PathBuf> = pool
             .keys()
             .chain(self.user_stopped.iter())
             .filter_map(|k| match &k.scope {
@@ -832,11 +831,17 @@ impl CoordinatorActor {
             }
             self.user_stopped.remove(&key);
             match self.services.get(&key) {
-                Some(m) => m.handle.restart.do_send(RestartService { force }),
+                Some(m) => {
+                    // A failed service starts again: its dependents wait
+                    // for it as for any starting one.
+                    self.failed.remove(&key);
+                    m.handle.restart.do_send(RestartService { force });
+                }
                 None if self.waiting.contains_key(&key) => {}
                 None => self.launch(pool[&key].clone(), None),
             }
         }
+        self.release_waiting();
         let verb = if force { "restarted" } else { "started" };
         Box::pin(fut::ready(Response::ok(format!(
             "{verb} {} ({} instance(s))",
