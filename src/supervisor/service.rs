@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 use super::fingerprint::{spec_hash, SPEC_HASH_KEY};
 use super::health;
 use super::messages::{ProbeHealth, Readiness, ReadinessChanged, RestartService, StopService};
-use super::phase::{Action, Event, Lifecycle, Phase};
+use super::phase::{probe_failure_counts, ready_when, Action, Event, Lifecycle, Phase, ReadyWhen};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
 use crate::process::{
@@ -172,14 +172,12 @@ impl ServiceActor {
     /// period (`up` of it has passed already); with one, when the probe
     /// first passes (`probed`).
     fn await_readiness(&mut self, up: Duration, ctx: &mut Context<Self>) {
-        if self.inst.spec.health.is_some() {
-            return;
-        }
-        let left = self.inst.spec.start_period.saturating_sub(up);
-        if left.is_zero() {
-            self.set_ready(true);
-            return;
-        }
+        let spec = &self.inst.spec;
+        let left = match ready_when(spec.health.is_some(), spec.start_period, up) {
+            ReadyWhen::ProbePasses => return,
+            ReadyWhen::Now => return self.set_ready(true),
+            ReadyWhen::After(left) => left,
+        };
         let generation = self.generation;
         ctx.run_later(left, move |act, _| {
             let current = act.run.is_some_and(|r| r.generation == generation);
@@ -631,7 +629,8 @@ impl ServiceActor {
                 self.set_ready(true);
                 self.persist(status::RUNNING);
             }
-            Err(_) if run.started.elapsed() < self.inst.spec.start_period => {}
+            Err(_) if !probe_failure_counts(self.inst.spec.start_period, run.started.elapsed()) => {
+            }
             Err(reason) => {
                 run.probe_failed = true;
                 let identity = run.identity;
