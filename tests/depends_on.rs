@@ -360,3 +360,41 @@ while :; do sleep 0.05; done"#,
     root.ok(&["stop", "db"]);
     assert_eq!(order(&root)[2..], ["web stopped", "db stopped"]);
 }
+
+/// A coordinator SIGKILLed while a dependent waits: the next one adopts the
+/// starting dependency, keeps the dependent waiting, and starts it once the
+/// dependency is ready, once.
+#[test]
+fn waiting_survives_a_coordinator_restart() {
+    let root = Root::new();
+    let db = root.script(
+        "db.sh",
+        r#"echo "db start" >> order
+while [ ! -f gate ]; do sleep 0.02; done
+touch ready
+while :; do sleep 0.05; done"#,
+    );
+    root.write_config(&format!(
+        "{FAST}[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nhealth = {{ file = \"ready\", max-age = \"1h\" }}\nstart-period = \"1h\"\n{}",
+        db.display(),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    let first = root.up();
+    wait_status(&root, "web", "waiting");
+    let db_pid = pid_of(&wait_status(&root, "db", "starting")).unwrap();
+    sigkill(first);
+    wait_for(WAIT, "first coordinator gone", || !alive(first));
+    root.up();
+    wait_for(WAIT, "db adopted by the new coordinator", || {
+        root.coordinator_pid().is_some_and(|c| c != first)
+            && root.global("web")["status"] == "waiting"
+    });
+    std::fs::write(root.file("gate"), "").unwrap();
+    wait_status(&root, "web", "running");
+    assert_eq!(
+        pid_of(&root.global("db")),
+        Some(db_pid),
+        "adopted, not restarted"
+    );
+    assert_eq!(order(&root), ["db start", "web start"]);
+}
