@@ -75,6 +75,17 @@ struct Managed {
     handle: ServiceHandle,
 }
 
+/// An instance held back by its dependencies.
+struct Waiting {
+    instance: Instance,
+    /// Its dependencies, resolved once (a reload that changes them
+    /// replaces the instance): each readiness report checks every waiting
+    /// instance, so this keeps a long chain linear per report.
+    deps: Vec<ServiceKey>,
+    /// The reason last recorded.
+    reason: String,
+}
+
 /// A change to the supervision tree, queued and carried out one at a time.
 enum Change {
     /// A control request other than `ping`.
@@ -104,7 +115,7 @@ pub struct CoordinatorActor {
     user_stopped: BTreeSet<ServiceKey>,
     /// Instances held back by `depends-on`, with the reason last recorded.
     /// They have no actor; they start once every dependency is ready.
-    waiting: BTreeMap<ServiceKey, (Instance, String)>,
+    waiting: BTreeMap<ServiceKey, Waiting>,
     /// Instances whose current run is ready.
     ready: BTreeSet<ServiceKey>,
     /// Instances that have been ready since their actor started: their next
@@ -218,7 +229,7 @@ impl CoordinatorActor {
         self.services
             .iter()
             .map(|(k, m)| (k, &m.instance))
-            .chain(self.waiting.iter().map(|(k, (i, _))| (k, i)))
+            .chain(self.waiting.iter().map(|(k, w)| (k, &w.instance)))
             .filter(|(k, _)| scope(&k.scope))
             .map(|(k, i)| (k.clone(), i.clone()))
             .collect()
@@ -249,10 +260,9 @@ impl CoordinatorActor {
         }
     }
 
-    /// Why `instance` must wait for its dependencies, or `None`.
-    fn wait_reason(&self, instance: &Instance) -> Option<String> {
-        let states: Vec<(String, DepState)> = instance
-            .dependency_keys(&self.config.services)
+    /// Why an instance depending on `deps` must wait, or `None`.
+    fn wait_reason(&self, deps: &[ServiceKey]) -> Option<String> {
+        let states: Vec<(String, DepState)> = deps
             .iter()
             .map(|k| (self.label_of(k), self.dep_state(k)))
             .collect();
@@ -279,13 +289,19 @@ impl CoordinatorActor {
         if adopt.is_some() {
             return self.start_instance(instance, adopt);
         }
-        match self.wait_reason(&instance) {
+        let deps = instance.dependency_keys(&self.config.services);
+        match self.wait_reason(&deps) {
             None => self.start_instance(instance, None),
             Some(reason) => {
                 info!(service = %instance.label, reason, "waiting");
                 self.record_waiting(&instance, &reason);
-                self.waiting
-                    .insert(instance.key.clone(), (instance, reason));
+                let key = instance.key.clone();
+                let waiting = Waiting {
+                    instance,
+                    deps,
+                    reason,
+                };
+                self.waiting.insert(key, waiting);
             }
         }
     }
@@ -306,25 +322,32 @@ impl CoordinatorActor {
     }
 
     /// Starts the waiting instances whose dependencies are all ready now;
-    /// records a new reason for those whose reason changed.
-    fn release_waiting(&mut self) {
+    /// records a new reason for those whose reason changed. With `changed`,
+    /// only the instances that depend on it are looked at (a readiness
+    /// report: a chain of 1,000 stays linear, not a full pass per link).
+    fn release_waiting(&mut self, changed: Option<&ServiceKey>) {
         if self.shutting_down {
             return;
         }
-        let keys: Vec<ServiceKey> = self.waiting.keys().cloned().collect();
+        let keys: Vec<ServiceKey> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| changed.is_none_or(|c| w.deps.contains(c)))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in keys {
-            let (instance, reason) = &self.waiting[&key];
-            match self.wait_reason(instance) {
+            let w = &self.waiting[&key];
+            match self.wait_reason(&w.deps) {
                 None => {
-                    if let Some((instance, _)) = self.waiting.remove(&key) {
-                        info!(service = %instance.label, "dependencies ready; starting");
-                        self.start_instance(instance, None);
+                    if let Some(w) = self.waiting.remove(&key) {
+                        info!(service = %w.instance.label, "dependencies ready; starting");
+                        self.start_instance(w.instance, None);
                     }
                 }
-                Some(now) if &now != reason => {
-                    self.record_waiting(instance, &now);
-                    if let Some(entry) = self.waiting.get_mut(&key) {
-                        entry.1 = now;
+                Some(now) if now != w.reason => {
+                    self.record_waiting(&w.instance, &now);
+                    if let Some(w) = self.waiting.get_mut(&key) {
+                        w.reason = now;
                     }
                 }
                 Some(_) => {}
@@ -438,7 +461,7 @@ impl CoordinatorActor {
         }
         // An instance launched before its dependency was: its reason now
         // says the dependency is coming rather than not running.
-        self.release_waiting();
+        self.release_waiting(None);
         info!(
             services = desired.len(),
             adopted,
@@ -565,7 +588,7 @@ impl CoordinatorActor {
             info!(service = %instance.label, "project active; starting");
             self.launch(instance, None);
         }
-        self.release_waiting();
+        self.release_waiting(None);
         stops
     }
 
@@ -841,7 +864,7 @@ impl CoordinatorActor {
                 None => self.launch(pool[&key].clone(), None),
             }
         }
-        self.release_waiting();
+        self.release_waiting(None);
         let verb = if force { "restarted" } else { "started" };
         Box::pin(fut::ready(Response::ok(format!(
             "{verb} {} ({} instance(s))",
@@ -901,7 +924,7 @@ impl CoordinatorActor {
                                 act.launch(desired[key].clone(), None);
                             }
                             // Dependencies added or removed change who waits.
-                            act.release_waiting();
+                            act.release_waiting(None);
                             act.heartbeat();
                             Response::ok(summary)
                         })
@@ -1026,10 +1049,10 @@ impl Handler<ReadinessChanged> for CoordinatorActor {
             }
             Readiness::Failed(why) => {
                 self.ready.remove(&key);
-                self.failed.insert(key, why);
+                self.failed.insert(key.clone(), why);
             }
         }
-        self.release_waiting();
+        self.release_waiting(Some(&key));
     }
 }
 
