@@ -398,3 +398,41 @@ while :; do sleep 0.05; done"#,
     );
     assert_eq!(order(&root), ["db start", "web start"]);
 }
+
+/// A reload that adds a `depends-on` restarts the service, which then waits
+/// for its new dependency; one that removes it lets the service run at once.
+#[test]
+fn reload_adds_and_removes_dependencies() {
+    let root = Root::new();
+    let db = root.script(
+        "db.sh",
+        r#"while [ ! -f gate ]; do sleep 0.02; done
+touch ready
+while :; do sleep 0.05; done"#,
+    );
+    let db = format!(
+        "[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nhealth = {{ file = \"ready\", max-age = \"1h\" }}\nstart-period = \"1h\"\n",
+        db.display()
+    );
+    let without = format!("{FAST}{db}{}", service(&root, "web", ""));
+    let with = format!(
+        "{FAST}{db}{}",
+        service(&root, "web", "depends-on = [\"db\"]")
+    );
+    root.write_config(&without);
+    root.up();
+    wait_status(&root, "web", "running");
+    assert_eq!(root.global("db")["status"], "starting");
+
+    root.write_config(&with);
+    root.ok(&["reload"]);
+    let d = wait_status(&root, "web", "waiting");
+    assert_eq!(d["metadata"]["waiting"], "waiting for db", "{d}");
+    assert_eq!(order(&root), ["web start", "web stopped"]);
+
+    root.write_config(&without);
+    root.ok(&["reload"]);
+    wait_status(&root, "web", "running");
+    wait_for(WAIT, "web started again", || order(&root).len() == 3);
+    assert_eq!(order(&root)[2], "web start");
+}
