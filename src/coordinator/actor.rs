@@ -329,28 +329,38 @@ impl CoordinatorActor {
         if self.shutting_down {
             return;
         }
-        let keys: Vec<ServiceKey> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| changed.is_none_or(|c| w.deps.contains(c)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            let w = &self.waiting[&key];
-            match self.wait_reason(&w.deps) {
-                None => {
-                    if let Some(w) = self.waiting.remove(&key) {
-                        info!(service = %w.instance.label, "dependencies ready; starting");
-                        self.start_instance(w.instance, None);
+        // An instance started here that is ready at once (an extension kind)
+        // releases its own waiters in turn: a worklist, not recursion.
+        let mut work: VecDeque<Option<ServiceKey>> = VecDeque::from([changed.cloned()]);
+        while let Some(changed) = work.pop_front() {
+            let keys: Vec<ServiceKey> = self
+                .waiting
+                .iter()
+                .filter(|(_, w)| changed.as_ref().is_none_or(|c| w.deps.contains(c)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in keys {
+                let Some(w) = self.waiting.get(&key) else {
+                    continue;
+                };
+                match self.wait_reason(&w.deps) {
+                    None => {
+                        if let Some(w) = self.waiting.remove(&key) {
+                            info!(service = %w.instance.label, "dependencies ready; starting");
+                            self.start_instance(w.instance, None);
+                            if self.ready.contains(&key) {
+                                work.push_back(Some(key));
+                            }
+                        }
                     }
-                }
-                Some(now) if now != w.reason => {
-                    self.record_waiting(&w.instance, &now);
-                    if let Some(w) = self.waiting.get_mut(&key) {
-                        w.reason = now;
+                    Some(now) if now != w.reason => {
+                        self.record_waiting(&w.instance, &now);
+                        if let Some(w) = self.waiting.get_mut(&key) {
+                            w.reason = now;
+                        }
                     }
+                    Some(_) => {}
                 }
-                Some(_) => {}
             }
         }
     }
