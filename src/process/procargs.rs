@@ -25,6 +25,18 @@ pub fn environment(buf: &[u8]) -> Option<Vec<&[u8]>> {
     Some(strings.take_while(|s| !s.is_empty()).collect())
 }
 
+/// The environment of a `KERN_PROCARGS2` buffer as one NUL-separated block,
+/// the layout of Linux's `/proc/<pid>/environ`, so the same readers
+/// (markers, `tree::environ_names`) serve both systems.
+pub fn environ_block(buf: &[u8]) -> Option<Vec<u8>> {
+    Some(
+        environment(buf)?
+            .into_iter()
+            .flat_map(|var| var.iter().copied().chain([0]))
+            .collect(),
+    )
+}
+
 /// The value of `name` in a `KERN_PROCARGS2` buffer's environment.
 pub fn env_var<'a>(buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
     environment(buf)?
@@ -63,6 +75,12 @@ mod tests {
         assert_eq!(env_var(&buf, "PSM_SERVICE"), Some(b"web".as_slice()));
         assert_eq!(env_var(&buf, "PSM_ROOT"), Some(b"/r".as_slice()));
         assert_eq!(env_var(&buf, "PSM"), None, "a prefix is not a name");
+        assert_eq!(
+            environ_block(&buf).unwrap(),
+            b"PSM_ROOT=/r\0PSM_SERVICE=web\0".to_vec()
+        );
+        let marker = super::super::Marker::service(std::path::Path::new("/r"), "web");
+        assert!(marker.matches(&environ_block(&buf).unwrap()));
     }
 
     #[test]
@@ -79,6 +97,7 @@ mod tests {
         assert_eq!(environment(&(-1i32).to_ne_bytes()), None);
         // Claims three arguments but holds one.
         assert_eq!(environment(&buffer(3, "/x", 0, &["x"], &[])), None);
+        assert_eq!(environ_block(b""), None);
     }
 
     #[test]

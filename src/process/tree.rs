@@ -176,13 +176,19 @@ pub fn environ_has(environ: &[u8], key: &str) -> bool {
         .any(|kv| kv.starts_with(key.as_bytes()) && kv.get(key.len()) == Some(&b'='))
 }
 
-/// `pid`'s environment block, where the system lets us read it (Linux).
+/// `pid`'s environment block (NUL-separated), where the system lets us
+/// read it: Linux's `/proc/<pid>/environ`, macOS's `KERN_PROCARGS2`; both
+/// only for processes of the same user.
 pub fn environ(pid: i32) -> Option<Vec<u8>> {
     #[cfg(target_os = "linux")]
     {
         std::fs::read(format!("/proc/{pid}/environ")).ok()
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        super::macos::environ(pid)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let _ = pid;
         None
