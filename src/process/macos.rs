@@ -144,6 +144,24 @@ pub fn environ(pid: i32) -> Option<Vec<u8>> {
     procargs::environ_block(&procargs(pid)?)
 }
 
+/// `pid`'s arguments (`argv`), for processes of the same user.
+pub fn argv(pid: i32) -> Option<Vec<Vec<u8>>> {
+    let buf = procargs(pid)?;
+    let args = procargs::arguments(&buf)?;
+    Some(args.into_iter().map(<[u8]>::to_vec).collect())
+}
+
+/// `pid`'s state as `ps` prints it: R(unnable), S(leeping), T (stopped),
+/// Z(ombie); `None` when there is no such pid.
+pub fn state(pid: i32) -> Option<char> {
+    Some(match bsd_info(pid)?.pbi_status {
+        libc::SSTOP => 'T',
+        libc::SZOMB => 'Z',
+        libc::SSLEEP => 'S',
+        _ => 'R',
+    })
+}
+
 /// The value of environment variable `name` in process `pid`.
 pub fn env_var(pid: i32, name: &str) -> Option<Vec<u8>> {
     let buf = procargs(pid)?;

@@ -198,11 +198,11 @@ pub fn environ(pid: i32) -> Option<Vec<u8>> {
 /// The live orphans this process inherited as a subreaper (children nobody
 /// claimed) whose environment says they came from service `label` of
 /// `root`, oldest first. An orphan whose environment was cleared cannot be
-/// attributed this way and is not returned.
+/// attributed this way and is not returned. macOS has no subreaper: every
+/// orphan goes to launchd, so there the orphans are launchd's children.
 pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
     let own = own_children();
-    let me = std::process::id() as i32;
-    let mut found: Vec<Identity> = children(me)
+    let mut found: Vec<Identity> = children(orphans_parent())
         .into_iter()
         .filter(|pid| !own.contains(pid))
         .filter_map(|pid| {
@@ -216,6 +216,16 @@ pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
         .collect();
     found.sort_by_key(|id| id.start_time);
     found
+}
+
+/// Whose children an orphan of a service becomes: this process where it is
+/// a subreaper (Linux), launchd (pid 1) on macOS.
+fn orphans_parent() -> i32 {
+    if cfg!(target_os = "macos") {
+        1
+    } else {
+        std::process::id() as i32
+    }
 }
 
 /// Ends, identity-checked, every live process this subreaper inherited
