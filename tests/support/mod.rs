@@ -223,8 +223,12 @@ impl Root {
 
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp root");
+        // psm canonicalises its root; so do the tests, or macOS's temp dir
+        // (/var → /private/var) would name another path than psm's records,
+        // environment markers and socket.
+        let root = dir.path().canonicalize().expect("canonical temp root");
         Root {
-            root: dir.path().to_path_buf(),
+            root,
             dir,
             reaper: Reaper::default(),
         }
