@@ -20,6 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod bounds;
+pub mod graph;
 mod parse;
 mod types;
 mod validate;
