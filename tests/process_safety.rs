@@ -488,8 +488,9 @@ fn probed_service(root: &Root, health: &str) {
 
 /// A port that answers because some other process listens on it does not
 /// make the service healthy: the listening socket is not in its tree, so the
-/// service is restarted; `psm verify` does not say the port is held by it.
-#[cfg(target_os = "linux")]
+/// service is restarted; `psm verify` does not say the port is held by it
+/// (Linux: /proc/net/tcp; macOS: proc_pidfdinfo).
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 #[test]
 fn a_port_held_by_a_stranger_is_not_the_services_health() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -122,7 +122,7 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
         }
         None => Some(start_detached(paths, &config_path, false)?),
     };
-    wait_healthy(paths, child)?;
+    wait_healthy_within(paths, child, up_patience(config.services.len()))?;
     wait_recorded(manager, &config);
     output::print_status(&manager.get_health_status()?);
     Ok(ExitCode::SUCCESS)
@@ -201,8 +201,25 @@ fn startup_error(paths: &Paths, from: u64) -> Option<String> {
 /// Waits until the coordinator answers. A coordinator this command started
 /// that exits first has failed (or found another in charge, exit 0): its
 /// error line is the answer, at once.
-pub(super) fn wait_healthy(paths: &Paths, mut started: Option<Started>) -> Result<(), CliError> {
-    let deadline = Instant::now() + UP_TIMEOUT;
+pub(super) fn wait_healthy(paths: &Paths, started: Option<Started>) -> Result<(), CliError> {
+    wait_healthy_within(paths, started, UP_TIMEOUT)
+}
+
+/// How long `up` waits for a new coordinator of `services` services: it
+/// answers once it has started them (a fork and exec each, serial: 1–2 ms
+/// on two cores), so 5,000 services need longer than [`UP_TIMEOUT`].
+/// Capped at ten minutes, whatever the config says.
+fn up_patience(services: usize) -> Duration {
+    (UP_TIMEOUT + Duration::from_millis(5).saturating_mul(services.min(u32::MAX as usize) as u32))
+        .min(Duration::from_secs(600))
+}
+
+fn wait_healthy_within(
+    paths: &Paths,
+    mut started: Option<Started>,
+    patience: Duration,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + patience;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         if let Some(s) = &mut started {
@@ -234,7 +251,7 @@ pub(super) fn wait_healthy(paths: &Paths, mut started: Option<Started>) -> Resul
     }
     Err(CliError::Failed(anyhow!(
         "the coordinator did not become healthy within {}s ({last}); see {}",
-        UP_TIMEOUT.as_secs(),
+        patience.as_secs(),
         paths.coordinator_log().display()
     )))
 }
@@ -551,6 +568,19 @@ fn log_error(e: std::io::Error, doing: &str, path: &Path) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn up_waits_longer_for_more_services_within_ten_minutes() {
+        for (services, want) in [
+            (0, 10_000),
+            (1_000, 15_000),
+            (5_000, 35_000),
+            (1_000_000, 600_000),
+            (usize::MAX, 600_000),
+        ] {
+            assert_eq!(up_patience(services).as_millis(), want, "{services}");
+        }
+    }
 
     #[test]
     fn down_waits_for_the_longest_stop_timeout_plus_slack_within_an_hour() {

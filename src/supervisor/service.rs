@@ -660,7 +660,8 @@ impl ServiceActor {
         }
         // Orphans whose parent already exited, inherited by the coordinator
         // as a subreaper, and their own descendants.
-        for orphan in crate::process::tree::inherited_by(&self.inst.label, self.paths.root()) {
+        for orphan in crate::process::tree::inherited_by_recent(&self.inst.label, self.paths.root())
+        {
             let family = std::iter::once(orphan).chain(crate::process::tree::descendants(orphan));
             for id in family {
                 if id != run.identity && !self.escaped.contains(&id) {
@@ -867,7 +868,7 @@ fn exit_record(time: u64, code: Option<i32>, signal: Option<i32>) -> ExitRecord 
 /// it in the background when it exits.
 fn start_stamper(log: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::unix::process::CommandExt;
-    let (reader, writer) = cloexec_pipe()?;
+    let (reader, writer) = crate::process::spawn::cloexec_pipe()?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("log-stamp")
         .arg(log)
@@ -884,29 +885,6 @@ fn start_stamper(log: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd>
     }
     tokio::process::Command::from(cmd).spawn()?;
     Ok(writer)
-}
-
-/// A pipe whose ends are close-on-exec: no other spawn inherits either,
-/// or the stamper would never see the end of its input.
-#[cfg(target_os = "linux")]
-fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
-}
-
-/// macOS has no `pipe2`: the flag is set just after. A spawn on another
-/// thread in between could inherit an end; the coordinator spawns services
-/// from its actor thread, one at a time.
-#[cfg(not(target_os = "linux"))]
-fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let (reader, writer) = nix::unistd::pipe()?;
-    for fd in [&reader, &writer] {
-        fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(fd),
-            FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
-        )?;
-    }
-    Ok((reader, writer))
 }
 
 /// Resolves when the (not our child) process `identity` exits.
