@@ -305,17 +305,21 @@ pub fn down(paths: &Paths) -> CliResult {
     // now on sees the mark and stays down; one started before is found.
     DownMark::write(paths)?;
     let store = Store::new(paths.clone());
-    let Some(holder) = CoordinatorLock::holder(paths) else {
+    let mut holder = CoordinatorLock::holder(paths);
+    if holder == Some(None) {
+        holder = wait_leaving(paths);
+    }
+    let Some(holder) = holder else {
         return down_without_coordinator(paths, &store, was_down);
     };
     // Its identity now, before its pid could be reused by anyone.
     let identity = holder.and_then(Identity::of);
     let limit = down_limit(&stop_timeouts(paths, &store));
     let deadline = Instant::now() + limit;
-    let message = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
-        Ok(r) => r.message,
+    let (message, acknowledged) = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
+        Ok(r) => (r.message, true),
         // Gone already, hung, or busy with another `down`: the wait decides.
-        Err(e) => format!("{e:#}"),
+        Err(_) => (String::new(), false),
     };
     let left = deadline.saturating_duration_since(Instant::now());
     let gone = match identity {
@@ -351,11 +355,20 @@ pub fn down(paths: &Paths) -> CliResult {
             limit.as_secs()
         );
         stop_leftovers(&store).context("stopping what the coordinator left")?;
+    } else if !acknowledged {
+        // It exited without taking the `down` (it was dying as we asked):
+        // what it recorded is still there to stop.
+        let left = stop_leftovers(&store).context("stopping what the coordinator left")?;
+        if left > 0 {
+            println!("the coordinator exited before it could stop anything; stopped what it left");
+        }
     }
-    println!(
-        "{}",
-        message.replace("; the coordinator exits when done", "")
-    );
+    if acknowledged {
+        println!(
+            "{}",
+            message.replace("; the coordinator exits when done", "")
+        );
+    }
     println!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
 }
