@@ -373,6 +373,22 @@ pub fn runs_coordinator_of(pid: i32, root: &Path) -> bool {
     args.iter().any(|a| a == b"coordinator") && args.iter().any(|a| roots.contains(&a.as_slice()))
 }
 
+/// Waits for `rounds` more coordinator heartbeats: the health rounds that
+/// would have noticed an exit, or failed a probe, and restarted a service.
+pub fn heartbeats(root: &Root, rounds: usize) {
+    let beat = |r: &Root| r.global(psm::coordinator::COORDINATOR_NAME)["lastHealthCheck"].as_u64();
+    for _ in 0..rounds {
+        let first = beat(root);
+        wait_until(Duration::from_secs(20), "a later heartbeat", || {
+            if beat(root) > first {
+                Ok(())
+            } else {
+                Err(first)
+            }
+        });
+    }
+}
+
 /// The arguments of `pid` (`argv`, program first), for processes of this user.
 #[cfg(target_os = "linux")]
 pub fn argv(pid: i32) -> Option<Vec<Vec<u8>>> {
