@@ -90,7 +90,13 @@ fn services_toml(services: &[(&str, &str)]) -> String {
 #[test]
 fn crash_loop_backs_off_gives_up_and_restart_resets_it() {
     let root = Root::new();
-    root.script("crash.sh", "date +%s%N >> runs\nexit 1");
+    // A nanosecond stamp per run: BSD date (macOS) has no %N, Perl does.
+    let stamp = if cfg!(target_os = "macos") {
+        r#"perl -MTime::HiRes=time -e 'printf "%.0f\n", time * 1e9'"#
+    } else {
+        "date +%s%N"
+    };
+    root.script("crash.sh", &format!("{stamp} >> runs\nexit 1"));
     root.write_config(
         r#"health-interval = "100ms"
 [restart]
@@ -118,7 +124,7 @@ command = ["sh", "crash.sh"]
         .iter()
         .map(|l| {
             l.parse()
-                .unwrap_or_else(|_| panic!("runs: not a `date +%s%N` stamp: {l:?}"))
+                .unwrap_or_else(|_| panic!("runs: not a nanosecond stamp: {l:?}"))
         })
         .collect();
     assert_eq!(stamps.len(), 6, "runs before giving up: {stamps:?}");

@@ -28,6 +28,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `up` or `down` waits for the other to finish: a `down` may wait
 /// out long stop timeouts.
 const UPDOWN_PATIENCE: Duration = Duration::from_secs(300);
+/// How long `up` waits for a dead coordinator to finish leaving.
+const LEAVING_PATIENCE: Duration = Duration::from_secs(10);
 /// How long the coordinator has to acknowledge `down` (it replies at once).
 const DOWN_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What `down` allows beyond the longest stop timeout: the last registry
@@ -115,6 +117,9 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
         }
         holder = CoordinatorLock::holder(paths);
     }
+    if holder == Some(None) {
+        holder = wait_leaving(paths);
+    }
     let child = match holder {
         Some(pid) => {
             already_running(pid);
@@ -126,6 +131,23 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
     wait_recorded(manager, &config);
     output::print_status(&manager.get_health_status()?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lock is held but names no live coordinator: the one that held it
+/// died and is still leaving (its lock goes only when its last thread has
+/// exited; a thread in `fsync` on a loaded disk finishes that first), or a
+/// new one has not yet written its pid. Waits up to [`LEAVING_PATIENCE`] for
+/// either to settle, so `up` right after a crash starts a coordinator
+/// instead of reporting one "already running".
+fn wait_leaving(paths: &Paths) -> Option<Option<i32>> {
+    let deadline = Instant::now() + LEAVING_PATIENCE;
+    loop {
+        let holder = CoordinatorLock::holder(paths);
+        if holder != Some(None) || Instant::now() >= deadline {
+            return holder;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits (briefly) until every global service of the config has a record, so
@@ -283,17 +305,21 @@ pub fn down(paths: &Paths) -> CliResult {
     // now on sees the mark and stays down; one started before is found.
     DownMark::write(paths)?;
     let store = Store::new(paths.clone());
-    let Some(holder) = CoordinatorLock::holder(paths) else {
+    let mut holder = CoordinatorLock::holder(paths);
+    if holder == Some(None) {
+        holder = wait_leaving(paths);
+    }
+    let Some(holder) = holder else {
         return down_without_coordinator(paths, &store, was_down);
     };
     // Its identity now, before its pid could be reused by anyone.
     let identity = holder.and_then(Identity::of);
     let limit = down_limit(&stop_timeouts(paths, &store));
     let deadline = Instant::now() + limit;
-    let message = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
-        Ok(r) => r.message,
+    let (message, acknowledged) = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
+        Ok(r) => (r.message, true),
         // Gone already, hung, or busy with another `down`: the wait decides.
-        Err(e) => format!("{e:#}"),
+        Err(_) => (String::new(), false),
     };
     let left = deadline.saturating_duration_since(Instant::now());
     let gone = match identity {
@@ -329,11 +355,20 @@ pub fn down(paths: &Paths) -> CliResult {
             limit.as_secs()
         );
         stop_leftovers(&store).context("stopping what the coordinator left")?;
+    } else if !acknowledged {
+        // It exited without taking the `down` (it was dying as we asked):
+        // what it recorded is still there to stop.
+        let left = stop_leftovers(&store).context("stopping what the coordinator left")?;
+        if left > 0 {
+            println!("the coordinator exited before it could stop anything; stopped what it left");
+        }
     }
-    println!(
-        "{}",
-        message.replace("; the coordinator exits when done", "")
-    );
+    if acknowledged {
+        println!(
+            "{}",
+            message.replace("; the coordinator exits when done", "")
+        );
+    }
     println!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@
 mod actor;
 pub mod client;
 mod control;
+mod deps;
 mod plan;
 pub mod protocol;
 

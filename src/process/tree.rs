@@ -179,13 +179,19 @@ pub fn environ_has(environ: &[u8], key: &str) -> bool {
         .any(|kv| kv.starts_with(key.as_bytes()) && kv.get(key.len()) == Some(&b'='))
 }
 
-/// `pid`'s environment block, where the system lets us read it (Linux).
+/// `pid`'s environment block (NUL-separated), where the system lets us
+/// read it: Linux's `/proc/<pid>/environ`, macOS's `KERN_PROCARGS2`; both
+/// only for processes of the same user.
 pub fn environ(pid: i32) -> Option<Vec<u8>> {
     #[cfg(target_os = "linux")]
     {
         std::fs::read(format!("/proc/{pid}/environ")).ok()
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        super::macos::environ(pid)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let _ = pid;
         None
@@ -195,9 +201,10 @@ pub fn environ(pid: i32) -> Option<Vec<u8>> {
 /// The live orphans this process inherited as a subreaper (children nobody
 /// claimed) whose environment says they came from service `label` of
 /// `root`, oldest first. An orphan whose environment was cleared cannot be
-/// attributed this way and is not returned.
+/// attributed this way and is not returned. macOS has no subreaper: every
+/// orphan goes to launchd, so there the orphans are launchd's children.
 pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
-    inherited_among(children(std::process::id() as i32), label, root)
+    inherited_among(children(orphans_parent()), label, root)
 }
 
 /// `kids` without the children their spawner waits for.
@@ -221,6 +228,16 @@ fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<I
         .collect();
     found.sort_by_key(|id| id.start_time);
     found
+}
+
+/// Whose children an orphan of a service becomes: this process where it is
+/// a subreaper (Linux), launchd (pid 1) on macOS.
+fn orphans_parent() -> i32 {
+    if cfg!(target_os = "macos") {
+        1
+    } else {
+        std::process::id() as i32
+    }
 }
 
 /// Ends, identity-checked, every live process this subreaper inherited

@@ -33,8 +33,8 @@ use tracing::{debug, error, info, warn};
 
 use super::fingerprint::{spec_hash, SPEC_HASH_KEY};
 use super::health;
-use super::messages::{ProbeHealth, RestartService, StopService};
-use super::phase::{Action, Event, Lifecycle, Phase};
+use super::messages::{ProbeHealth, Readiness, ReadinessChanged, RestartService, StopService};
+use super::phase::{probe_failure_counts, ready_when, Action, Event, Lifecycle, Phase, ReadyWhen};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
 use crate::process::{
@@ -101,6 +101,10 @@ pub struct ServiceActor {
     probe_failure: Option<String>,
     /// The last probe's time and outcome, for `psm status <service>`.
     last_probe: Option<(u64, Result<(), String>)>,
+    /// The current run is ready (recorded `running`, else `starting`).
+    ready: bool,
+    /// The coordinator, told when `ready` changes or the service gives up.
+    readiness: Option<Recipient<ReadinessChanged>>,
     span: tracing::Span,
 }
 
@@ -130,8 +134,58 @@ impl ServiceActor {
             exits: VecDeque::new(),
             probe_failure: None,
             last_probe: None,
+            ready: false,
+            readiness: ctx.readiness,
             span,
         }
+    }
+
+    /// `running` once the run is ready, `starting` before.
+    fn run_status(&self) -> &'static str {
+        if self.ready {
+            status::RUNNING
+        } else {
+            status::STARTING
+        }
+    }
+
+    fn tell(&self, readiness: Readiness) {
+        if let Some(to) = &self.readiness {
+            to.do_send(ReadinessChanged {
+                key: self.inst.key.clone(),
+                readiness,
+            });
+        }
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        if std::mem::replace(&mut self.ready, ready) != ready {
+            self.tell(if ready {
+                Readiness::Ready
+            } else {
+                Readiness::NotReady
+            });
+        }
+    }
+
+    /// Without a probe, a run is ready once it has stayed up for the start
+    /// period (`up` of it has passed already); with one, when the probe
+    /// first passes (`probed`).
+    fn await_readiness(&mut self, up: Duration, ctx: &mut Context<Self>) {
+        let spec = &self.inst.spec;
+        let left = match ready_when(spec.health.is_some(), spec.start_period, up) {
+            ReadyWhen::ProbePasses => return,
+            ReadyWhen::Now => return self.set_ready(true),
+            ReadyWhen::After(left) => left,
+        };
+        let generation = self.generation;
+        ctx.run_later(left, move |act, _| {
+            let current = act.run.is_some_and(|r| r.generation == generation);
+            if current && act.state.phase == Phase::Running && !act.ready {
+                act.set_ready(true);
+                act.persist(status::RUNNING);
+            }
+        });
     }
 
     /// The environment marker of this instance's processes (`process::group`).
@@ -269,7 +323,9 @@ impl ServiceActor {
         info!(pid, attempt = self.state.failures, "started");
         // We wait for it ourselves: the orphan reaper must leave it alone.
         crate::process::tree::claim_child(pid);
-        self.persist(status::RUNNING);
+        self.set_ready(false);
+        self.await_readiness(Duration::ZERO, ctx);
+        self.persist(self.run_status());
         ctx.spawn(
             async move {
                 let exit = match child.wait().await {
@@ -310,7 +366,14 @@ impl ServiceActor {
             .and_then(Value::as_str)
             .map(str::to_string);
         info!(parent: &self.span, pid = identity.pid, "adopted");
-        self.persist(status::RUNNING);
+        // A run a previous coordinator recorded ready stays ready: its
+        // dependents may be running on it already.
+        if record.status == status::RUNNING {
+            self.set_ready(true);
+        } else {
+            self.await_readiness(age, ctx);
+        }
+        self.persist(self.run_status());
         self.watch_unowned(
             identity,
             generation,
@@ -372,6 +435,7 @@ impl ServiceActor {
         }
         let how = exit.reason.clone();
         self.record_exit(exit);
+        self.set_ready(false);
         let uptime = run.started.elapsed();
         self.on(Event::Exited { uptime }, &how, ctx);
     }
@@ -411,7 +475,7 @@ impl ServiceActor {
             ..ended
         });
         info!(parent: &self.span, how, pid = daemon.pid, "leader exited; its daemon carries the service on");
-        self.persist(status::RUNNING);
+        self.persist(self.run_status());
         self.watch_unowned(
             daemon,
             generation,
@@ -473,6 +537,10 @@ impl ServiceActor {
                     "exited; giving up until `psm restart`"
                 );
                 self.persist(status::FAILED);
+                self.tell(Readiness::Failed(format!(
+                    "failed after {} attempts, last {how}",
+                    next.failures
+                )));
             }
             Action::SignalStop => {
                 if let Some(run) = self.run {
@@ -495,7 +563,10 @@ impl ServiceActor {
         // it continuously (our child's wait, an adopted process's pidfd, or
         // the 500 ms identity poll), and reports a death at once. Reading it
         // again per round was 15 % of the daemon's idle CPU.
-        if run.started.elapsed() < self.inst.spec.start_period {
+        // Within the start period a probe still runs: its first pass makes
+        // the run ready (dependents start), its failures do not count. A
+        // service without a probe is ready once the period is over.
+        if run.started.elapsed() < self.inst.spec.start_period && self.inst.spec.health.is_none() {
             return;
         }
         let generation = run.generation;
@@ -554,7 +625,12 @@ impl ServiceActor {
         match result {
             // The whole record, not just a stamp: a registry that lost it
             // (moved aside, edited) has it back within one interval.
-            Ok(()) => self.persist(status::RUNNING),
+            Ok(()) => {
+                self.set_ready(true);
+                self.persist(status::RUNNING);
+            }
+            Err(_) if !probe_failure_counts(self.inst.spec.start_period, run.started.elapsed()) => {
+            }
             Err(reason) => {
                 run.probe_failed = true;
                 let identity = run.identity;
