@@ -82,8 +82,17 @@ METRICS = [
     ("kill_survived", "daemon SIGKILL + start: services survived", "count", 0),
     ("kill_new", "daemon SIGKILL + start: services started anew", "count", 0),
     ("kill_dups", "daemon SIGKILL + start: duplicates (running − N)", "count", 0),
+    ("bare_start", "bare fork/exec loop: all N exec'd", "s", 3),
+    ("ratio_start_procs", "start → all N running ÷ bare loop", "×", 2),
+    ("ratio_start_reported", "start → tool reports N running ÷ bare loop", "×", 2),
+    ("bare_stop", "bare loop: SIGTERM every group, all N reaped", "s", 3),
+    ("ratio_stop", "stop → all gone ÷ bare stop", "×", 2),
     ("load", "load average (1 min) during the run", "", 2),
 ]
+
+# Issue 11: psm against a bare fork/exec loop of the same processes in the
+# same run (a ratio is far steadier than an absolute time on a shared machine).
+RATIO_TARGETS = {"ratio_start_procs": 1.5, "ratio_start_reported": 2.0}
 
 
 class HarnessError(Exception):
@@ -673,6 +682,48 @@ def kill_and_restart(tool, n, timeout):
             "kill_dups": max(0, len(running) - n)}
 
 
+def bare_loop(n):
+    """The physical limit psm is measured against: this process starts the
+    same N `sleep 100000` the way psm does (own session, stdin /dev/null,
+    output appended to a file), one after another, then SIGTERMs every group
+    and reaps them all. Python's `subprocess` uses vfork + exec here; each
+    `Popen` returns once the child has exec'd."""
+    root = tempfile.mkdtemp(prefix="psm-bench-bare-")
+    procs = []
+    try:
+        with open(os.path.join(root, "out.log"), "ab") as log_file:
+            t0 = now()
+            for _ in range(n):
+                procs.append(subprocess.Popen(["sleep", *SERVICE_ARGS], stdin=subprocess.DEVNULL,
+                                              stdout=log_file, stderr=log_file,
+                                              start_new_session=True, cwd=root))
+            t_start = now() - t0
+        t0 = now()
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        t_stop = now() - t0
+        return {"bare_start": t_start, "bare_stop": t_stop}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ratios(result):
+    """psm's figures over the bare loop's of the same repetition."""
+    out = {}
+    for key, num, den in (("ratio_start_procs", "start_procs", "bare_start"),
+                          ("ratio_start_reported", "start_reported", "bare_start"),
+                          ("ratio_stop", "stop_s", "bare_stop")):
+        if result.get(num) is not None and result.get(den):
+            out[key] = result[num] / result[den]
+    return out
+
+
 def scenario(tool_factory, n, opts):
     """One tool, one N, one repetition: every workload, each on a fresh root."""
     result = {}
@@ -684,6 +735,7 @@ def scenario(tool_factory, n, opts):
         try:
             tool.prepare(n)
             if part == "main":
+                result.update(bare_loop(n))
                 daemon, times = start_all(tool, n, timeout)
                 result.update(times)
                 time.sleep(1)  # settle
@@ -699,6 +751,7 @@ def scenario(tool_factory, n, opts):
         finally:
             REAPER.sweep()
             shutil.rmtree(root, ignore_errors=True)
+    result.update(ratios(result))
     loads.append(loadavg())
     result["load"] = statistics.median(loads)
     result["load_all"] = loads
@@ -815,6 +868,18 @@ def psm_targets(results, ns):
         if base:
             row += f" {verdict(b, limit)} |"
         out.append(row)
+    out += ["", "Against the bare fork/exec loop of the same run (issue 11; median of the "
+            "per-repetition ratios):", "",
+            "| ratio | target | " + " | ".join(f"N={n}" for n in ns) + " |",
+            "|---|---|" + "---|" * len(ns)]
+    for key, limit in list(RATIO_TARGETS.items()) + [("ratio_stop", None)]:
+        label, unit, dec = labels[key]
+        cells = []
+        for n in ns:
+            v = median_of(results, "psm", n, key)
+            cells.append(fmt(v, dec) + ("" if limit is None else f" {verdict(v, limit)}"))
+        target = "–" if limit is None else f"≤ {limit:g}×"
+        out.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

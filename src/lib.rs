@@ -20,9 +20,12 @@
 //!   through it, under one `flock`; inside the daemon, through one writer
 //!   actor (`writer`), which services reach by a narrow `RegistryHandle`.
 //! - [`coordinator`]: the daemon — `CoordinatorActor`, the control socket
-//!   and its protocol; `coordinator::run` is its `main`.
+//!   and its protocol; `coordinator::run` is its `main`. Its decisions are
+//!   pure: the desired set, reload plan and adoption split (`plan`), and
+//!   start order with readiness — who waits for whom, stop waves (`deps`).
 //! - [`supervisor`]: one service instance — `ServiceActor`, the pure restart
-//!   policy, health probes, and the extension seam for new probes and kinds.
+//!   policy and lifecycle (`phase`: phases, and when a run is ready), health
+//!   probes, and the extension seam for new probes and kinds.
 //! - [`watchdog`]: the one-shot check that replaces a dead or hung
 //!   coordinator; [`schedule`]: its launchd/systemd units; [`verify`]: the
 //!   pre-start-up checks.

@@ -147,7 +147,8 @@ fn is_seed_psm(argv: &[&[u8]]) -> bool {
 }
 
 /// Whether a seed PSM runs on this machine (Linux: `/proc/*/cmdline`;
-/// elsewhere: `ps`, whose arguments are split at spaces).
+/// macOS: each process's `KERN_PROCARGS2`; elsewhere: `ps`, whose
+/// arguments are split at spaces).
 fn seed_psm_running() -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -162,7 +163,17 @@ fn seed_psm_running() -> bool {
                 is_seed_psm(&argv)
             })
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        use crate::process::macos;
+        macos::all_pids().into_iter().any(|pid| {
+            macos::argv(pid).is_some_and(|args| {
+                let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                is_seed_psm(&argv)
+            })
+        })
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let Ok(out) = std::process::Command::new("ps")
             .args(["-Ao", "args="])

@@ -90,7 +90,13 @@ fn services_toml(services: &[(&str, &str)]) -> String {
 #[test]
 fn crash_loop_backs_off_gives_up_and_restart_resets_it() {
     let root = Root::new();
-    root.script("crash.sh", "date +%s%N >> runs\nexit 1");
+    // A nanosecond stamp per run: BSD date (macOS) has no %N, Perl does.
+    let stamp = if cfg!(target_os = "macos") {
+        r#"perl -MTime::HiRes=time -e 'printf "%.0f\n", time * 1e9'"#
+    } else {
+        "date +%s%N"
+    };
+    root.script("crash.sh", &format!("{stamp} >> runs\nexit 1"));
     root.write_config(
         r#"health-interval = "100ms"
 [restart]
@@ -118,7 +124,7 @@ command = ["sh", "crash.sh"]
         .iter()
         .map(|l| {
             l.parse()
-                .unwrap_or_else(|_| panic!("runs: not a `date +%s%N` stamp: {l:?}"))
+                .unwrap_or_else(|_| panic!("runs: not a nanosecond stamp: {l:?}"))
         })
         .collect();
     assert_eq!(stamps.len(), 6, "runs before giving up: {stamps:?}");
@@ -743,4 +749,52 @@ fn up_reports_why_the_coordinator_died_at_start_up() {
         table.iter().any(|l| l.contains(".psm is not a directory")),
         "{table:?}"
     );
+}
+
+/// The coordinator raises its soft open-file limit to the hard one (it may
+/// supervise thousands of services, each costing it descriptors), and its
+/// services get back the soft limit psm was started with, not psm's.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_coordinator_raises_its_file_limit_and_services_get_the_original() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use std::os::unix::process::CommandExt;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let soft = 256.min(hard - 1);
+    let root = Root::new();
+    let script = root.script("svc.sh", "ulimit -n > \"$0.limit\"\nexec sleep 1000");
+    root.write_config(&format!(
+        "[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"{}\"]\n",
+        script.display()
+    ));
+    let mut up = root.cmd();
+    up.arg("up");
+    // SAFETY: setrlimit is an async-signal-safe system call.
+    unsafe {
+        up.pre_exec(move || Ok(setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?));
+    }
+    let out = up.output().unwrap();
+    assert!(out.status.success(), "psm up: {}", stderr(&out));
+    let coordinator = root.coordinator_pid().expect("a coordinator after psm up");
+    wait_until(LONG, "the service wrote its open-file limit", || {
+        let limit = fs::read_to_string(root.file("svc.sh.limit")).unwrap_or_default();
+        (limit.trim() == soft.to_string())
+            .then_some(())
+            .ok_or(limit)
+    });
+    let limits = fs::read_to_string(format!("/proc/{coordinator}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        open_files,
+        hard.to_string(),
+        "coordinator's soft limit:\n{limits}"
+    );
+    root.ok(&["down"]);
 }

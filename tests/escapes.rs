@@ -63,22 +63,6 @@ stop-timeout = "300ms"
     assert!(!alive(third), "down returned with the helper still running");
 }
 
-/// Waits for `rounds` more coordinator heartbeats: the health rounds that
-/// would have noticed an exit and restarted a service.
-fn heartbeats(root: &Root, rounds: usize) {
-    let beat = |r: &Root| r.global(psm::coordinator::COORDINATOR_NAME)["lastHealthCheck"].as_u64();
-    for _ in 0..rounds {
-        let first = beat(root);
-        support::wait_until(LIMIT, "a later heartbeat", || {
-            if beat(root) > first {
-                Ok(())
-            } else {
-                Err(first)
-            }
-        });
-    }
-}
-
 /// A classic daemonizing service (fork, `setsid`, fork, the parent exits 0)
 /// is supervised as its daemon: exactly one daemon, no restart while it
 /// runs, the record names it, `stop` and `down` end it, and its death leads
@@ -121,7 +105,7 @@ stop-timeout = "300ms"
     };
     let first = daemon(1);
     // Several health rounds later: still the one start, the one daemon.
-    heartbeats(&root, 5);
+    support::heartbeats(&root, 5);
     assert_eq!(support::lines(&root, "starts").len(), 1, "restarted");
     assert_eq!(support::lines(&root, "daemons").len(), 1);
     assert!(alive(first));
@@ -252,7 +236,7 @@ stop-timeout = "300ms"
     root.up();
     // Adopted, not restarted; a few health rounds of the new coordinator
     // later the helper still runs.
-    heartbeats(&root, 3);
+    support::heartbeats(&root, 3);
     assert_eq!(
         root.service_pid("svc"),
         leader,

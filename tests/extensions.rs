@@ -123,3 +123,39 @@ options = { every = "50ms" }
     std::thread::sleep(Duration::from_millis(300)); // proves a run never happens after stop
     assert_eq!(root.read("ticks").lines().count(), after_stop);
 }
+
+/// An extension kind counts as ready once started: a service that depends
+/// on a job that itself waited for a dependency starts as soon as the job
+/// does (not at the coordinator's next round: the interval here is an hour).
+#[test]
+fn a_chain_through_an_extension_kind_is_released() {
+    let root = Root::new();
+    let exe = example("scheduled_job");
+    root.write_config(
+        r#"health-interval = "1h"
+[[service]]
+name = "db"
+type = "global"
+command = ["sleep", "1000"]
+start-period = "300ms"
+[[service]]
+name = "tick"
+type = "global"
+kind = "job"
+command = ["sh", "-c", "echo tick >> ticks"]
+options = { every = "50ms" }
+depends-on = ["db"]
+[[service]]
+name = "web"
+type = "global"
+command = ["sleep", "1000"]
+depends-on = ["tick"]
+"#,
+    );
+    run(&root, &exe, &["up"]);
+    let status = |name: &str| root.global(name)["status"].as_str().map(str::to_string);
+    wait_for(Duration::from_secs(10), "web running", || {
+        status("web").as_deref() == Some("running")
+    });
+    run(&root, &exe, &["down"]);
+}

@@ -506,8 +506,9 @@ fn probed_service(root: &Root, health: &str) {
 
 /// A port that answers because some other process listens on it does not
 /// make the service healthy: the listening socket is not in its tree, so the
-/// service is restarted; `psm verify` does not say the port is held by it.
-#[cfg(target_os = "linux")]
+/// service is restarted; `psm verify` does not say the port is held by it
+/// (Linux: /proc/net/tcp; macOS: proc_pidfdinfo).
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 #[test]
 fn a_port_held_by_a_stranger_is_not_the_services_health() {
     let root = Root::new();
@@ -524,6 +525,60 @@ fn a_port_held_by_a_stranger_is_not_the_services_health() {
     );
     let log = root.read(".logs/coordinator.log");
     assert!(log.contains("outside the service"), "{log}");
+    root.ok(&["down"]);
+}
+
+/// A service whose child listens on the probed port is healthy there: the
+/// socket is found in the service's tree (Linux: /proc/net/tcp and fds;
+/// macOS: proc_pidfdinfo), so it is not restarted over several health
+/// rounds, and `psm verify` says the port is held by it.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+#[test]
+fn a_port_held_by_the_services_child_is_its_health() {
+    let root = Root::new();
+    let port = support::free_port();
+    // Perl: its sockets are in the base system of both Linux and macOS.
+    fs::write(
+        root.file("listen.pl"),
+        r#"use IO::Socket::INET;
+my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $ARGV[0],
+    Listen => 5, ReuseAddr => 1) or die "listen: $@";
+open my $f, ">>", "listening" or die; print $f "$$\n"; close $f;
+sleep 1000;
+"#,
+    )
+    .unwrap();
+    root.script(
+        "svc.sh",
+        &format!("echo $$ >> pids\nperl listen.pl {port} &\nwait"),
+    );
+    // The start period covers perl's start-up: a probe before it listens
+    // would fail and restart the service.
+    root.write_config(&format!(
+        "health-interval = \"50ms\"\n[restart]\nbase = \"50ms\"\n\n[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sh\", \"svc.sh\"]\nhealth = {{ port = {port} }}\nstart-period = \"3s\"\n"
+    ));
+    let up = std::time::Instant::now();
+    let out = root.psm(&["up"]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let listener = root.pid_from("listening");
+    root.reaper.pid(listener);
+    support::wait_until(Duration::from_secs(20), "verify: held by svc", || {
+        let verify = String::from_utf8_lossy(&root.psm(&["verify"]).stdout).into_owned();
+        if verify.contains("held by svc") {
+            Ok(())
+        } else {
+            Err(verify)
+        }
+    });
+    // Health rounds after the start period: none of them restarts it.
+    while up.elapsed() < Duration::from_secs(3) {
+        support::heartbeats(&root, 1);
+    }
+    support::heartbeats(&root, 5);
+    assert_eq!(support::lines(&root, "pids").len(), 1, "svc was restarted");
+    assert!(support::alive(listener), "the listener was ended");
+    let log = root.read(".logs/coordinator.log");
+    assert!(!log.contains("unhealthy"), "{log}");
     root.ok(&["down"]);
 }
 

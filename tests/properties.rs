@@ -508,18 +508,17 @@ proptest! {
     }
 }
 
-/// One coordinator for every case of the socket property.
-fn live_root() -> &'static Root {
-    static ROOT: OnceLock<Root> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let root = Root::new();
-        root.script("svc.sh", "exec sleep 1000");
-        root.write_config(
-            "health-interval = \"100ms\"\n[control]\nidle-timeout = \"5s\"\n[[service]]\nname = \"web\"\ntype = \"global\"\ncommand = [\"sh\", \"svc.sh\"]\n",
-        );
-        root.up();
-        root
-    })
+/// A root with a running coordinator for the socket property. One for all
+/// its cases; the test owns it, so its drop ends the coordinator (a static
+/// would never be dropped, and each run would leave one behind).
+fn live_root() -> Root {
+    let root = Root::new();
+    root.script("svc.sh", "exec sleep 1000");
+    root.write_config(
+        "health-interval = \"100ms\"\n[control]\nidle-timeout = \"5s\"\n[[service]]\nname = \"web\"\ntype = \"global\"\ncommand = [\"sh\", \"svc.sh\"]\n",
+    );
+    root.up();
+    root
 }
 
 fn socket_config() -> ProptestConfig {
@@ -528,20 +527,23 @@ fn socket_config() -> ProptestConfig {
     ProptestConfig::with_cases(cases)
 }
 
-proptest! {
-    #![proptest_config(socket_config())]
-
-    /// Any bytes sent to a live coordinator: every reply is one JSON line
-    /// with a one-line message, the connection ends when the client's input
-    /// does (or at the first line too long), and the coordinator still
-    /// answers a ping afterwards.
-    #[test]
-    fn protocol_over_a_live_socket(bytes in wire_bytes()) {
-        let root = live_root();
+/// Any bytes sent to a live coordinator: every reply is one JSON line
+/// with a one-line message, the connection ends when the client's input
+/// does (or at the first line too long), and the coordinator still
+/// answers a ping afterwards.
+#[test]
+fn protocol_over_a_live_socket() {
+    let root = live_root();
+    let mut runner = proptest::test_runner::TestRunner::new(socket_config());
+    let result = runner.run(&wire_bytes(), |bytes| {
         let socket = Paths::new(root.path().to_path_buf()).control_socket();
         let mut stream = UnixStream::connect(&socket).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         // The server may close early (a line too long): later writes may fail.
         let _ = stream.write_all(&bytes);
         let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -552,8 +554,8 @@ proptest! {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
                 Err(e) => panic!("reading replies: {e}"),
             };
-            let response: Response = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            let response: Response =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
             if !response.ok {
                 assert_one_line("response", &response.message);
             }
@@ -561,11 +563,16 @@ proptest! {
         }
         prop_assert!(replies <= bytes.iter().filter(|b| **b == b'\n').count() + 1);
         let mut ping = UnixStream::connect(&socket).unwrap();
-        ping.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        ping.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         ping.write_all(b"{\"cmd\":\"ping\"}\n").unwrap();
         let mut reply = String::new();
         BufReader::new(&ping).read_line(&mut reply).unwrap();
         let reply: Response = serde_json::from_str(&reply).unwrap();
         prop_assert!(reply.ok, "{}", reply.message);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

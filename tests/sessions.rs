@@ -142,14 +142,11 @@ fn session_spawn_records_a_detached_group_leader() {
     assert_eq!(record["pid"], pid);
     assert_eq!(record["pgid"], pid);
     assert_eq!(record["type"], "per-session");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    assert_eq!(fields[3], pid.to_string(), "own session (sid == pid)");
+    assert_eq!(
+        support::session_of(pid),
+        Some(pid),
+        "own session (sid == pid)"
+    );
     wait_for(Duration::from_secs(5), "output in the session log", || {
         root.read(".logs/s1.echoer.log").contains("hello")
     });
@@ -254,8 +251,9 @@ fn a_spawn_racing_the_end_of_its_session_never_leaks() {
         .into_bytes();
     wait_for(Duration::from_secs(20), "every spawn finished", || {
         support::all_pids().into_iter().all(|p| {
-            let spawning = std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
-                c.starts_with(PSM.as_bytes()) && c.windows(5).any(|w| w == b"spawn")
+            let spawning = support::argv(p).is_some_and(|args| {
+                args.first().is_some_and(|a| a == PSM.as_bytes())
+                    && args.iter().any(|a| a == b"spawn")
             });
             !(spawning && alive(p) && support::env_var(p, "PSM_ROOT") == Some(root_bytes.clone()))
         })

@@ -447,3 +447,47 @@ fn sigterm_restores_the_terminal() {
     assert_eq!(tmux.pane("#{alternate_on}"), "0", "alternate screen left");
     assert_eq!(tmux.pane("#{cursor_flag}"), "1", "cursor shown again");
 }
+
+/// A service held back by `depends-on` shows `waiting` and what for, its
+/// dependency `starting`; both turn `running` on screen once it is ready.
+#[test]
+fn top_shows_waiting_and_starting() {
+    require_tmux();
+    let root = Root::new();
+    root.script(
+        "db.sh",
+        r#"while [ ! -f gate ]; do sleep 0.02; done
+touch ready
+exec sleep 1000"#,
+    );
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "db"
+type = "global"
+command = ["sh", "db.sh"]
+health = {{ file = "ready", max-age = "1h" }}
+start-period = "1h"
+
+[[service]]
+name = "web"
+type = "global"
+command = ["sleep", "1000"]
+depends-on = ["db"]
+"#
+    ));
+    root.up();
+    let tmux = Tmux::start(&root, 120, 30, &top_command(&root));
+    tmux.wait("web waiting for db, db starting", |s| {
+        row(s, "web").is_some_and(|r| r.contains("waiting") && r.contains("waiting for db"))
+            && row(s, "db").is_some_and(|r| r.contains("starting"))
+    });
+    std::fs::write(root.file("gate"), "").unwrap();
+    tmux.wait("both running", |s| {
+        [row(s, "web"), row(s, "db")]
+            .iter()
+            .all(|r| r.is_some_and(|r| r.contains("running")))
+    });
+    tmux.keys(&["q"]);
+    tmux.wait("top exited", |s| s.contains("top exited: 0"));
+}

@@ -69,38 +69,12 @@ fn signal(pid: i32, sig: libc::c_int) {
     unsafe { libc::kill(pid, sig) };
 }
 
-/// The state letter of `pid` in /proc (R, S, T, Z…).
-fn state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 /// Live (not zombie) processes running `psm … coordinator` for this root.
 fn live_coordinators(root: &Root) -> Vec<i32> {
-    let mut roots = vec![root.path().to_path_buf()];
-    roots.extend(fs::canonicalize(root.path()).ok());
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_coordinator = args.iter().any(|a| *a == b"coordinator");
-        let names_root = args
-            .iter()
-            .any(|a| roots.iter().any(|r| r.as_os_str().as_encoded_bytes() == *a));
-        if is_coordinator && names_root && alive(pid) {
-            out.push(pid);
-        }
-    }
-    out
+    support::all_pids()
+        .into_iter()
+        .filter(|&pid| support::runs_coordinator_of(pid, root.path()) && alive(pid))
+        .collect()
 }
 
 /// Two global services, `a` and `b`; each appends its pid to `<name>.runs`
@@ -249,9 +223,11 @@ fn stopped_coordinator_is_killed_before_its_successor_starts() {
     wait_recorded_coordinator(&root, first);
 
     signal(first, libc::SIGSTOP);
-    wait_until(LIMIT, "the coordinator stopped", || match state(first) {
-        Some('T') => Ok(()),
-        other => Err(other),
+    wait_until(LIMIT, "the coordinator stopped", || {
+        match support::state(first) {
+            Some('T') => Ok(()),
+            other => Err(other),
+        }
     });
     // Stopped, it cannot write: its last heartbeat only grows older.
     wait_until(
@@ -289,7 +265,7 @@ fn stopped_coordinator_is_killed_before_its_successor_starts() {
     assert!(
         !alive(first),
         "the stopped coordinator is dead when the watchdog returns (state {:?})",
-        state(first)
+        support::state(first)
     );
     assert!(
         most.len() <= 1,
@@ -374,7 +350,11 @@ while :; do sleep 1000 & wait $!; done"#,
 
     thread::sleep(Duration::from_millis(300)); // proves a signal never reaches the stranger: time for its trap to write one
     assert!(alive(stranger), "the stranger was killed");
-    assert_ne!(state(stranger), Some('T'), "the stranger was stopped");
+    assert_ne!(
+        support::state(stranger),
+        Some('T'),
+        "the stranger was stopped"
+    );
     assert_eq!(
         root.read("stranger.signals"),
         "",

@@ -28,6 +28,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `up` or `down` waits for the other to finish: a `down` may wait
 /// out long stop timeouts.
 const UPDOWN_PATIENCE: Duration = Duration::from_secs(300);
+/// How long `up` waits for a dead coordinator to finish leaving.
+const LEAVING_PATIENCE: Duration = Duration::from_secs(10);
 /// How long the coordinator has to acknowledge `down` (it replies at once).
 const DOWN_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What `down` allows beyond the longest stop timeout: the last registry
@@ -115,6 +117,9 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
         }
         holder = CoordinatorLock::holder(paths);
     }
+    if holder == Some(None) {
+        holder = wait_leaving(paths);
+    }
     let child = match holder {
         Some(pid) => {
             already_running(pid);
@@ -122,10 +127,27 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
         }
         None => Some(start_detached(paths, &config_path, false)?),
     };
-    wait_healthy(paths, child)?;
+    wait_healthy_within(paths, child, up_patience(config.services.len()))?;
     wait_recorded(manager, &config);
     output::print_status(&manager.get_health_status()?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lock is held but names no live coordinator: the one that held it
+/// died and is still leaving (its lock goes only when its last thread has
+/// exited; a thread in `fsync` on a loaded disk finishes that first), or a
+/// new one has not yet written its pid. Waits up to [`LEAVING_PATIENCE`] for
+/// either to settle, so `up` right after a crash starts a coordinator
+/// instead of reporting one "already running".
+fn wait_leaving(paths: &Paths) -> Option<Option<i32>> {
+    let deadline = Instant::now() + LEAVING_PATIENCE;
+    loop {
+        let holder = CoordinatorLock::holder(paths);
+        if holder != Some(None) || Instant::now() >= deadline {
+            return holder;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits (briefly) until every global service of the config has a record, so
@@ -201,8 +223,25 @@ fn startup_error(paths: &Paths, from: u64) -> Option<String> {
 /// Waits until the coordinator answers. A coordinator this command started
 /// that exits first has failed (or found another in charge, exit 0): its
 /// error line is the answer, at once.
-pub(super) fn wait_healthy(paths: &Paths, mut started: Option<Started>) -> Result<(), CliError> {
-    let deadline = Instant::now() + UP_TIMEOUT;
+pub(super) fn wait_healthy(paths: &Paths, started: Option<Started>) -> Result<(), CliError> {
+    wait_healthy_within(paths, started, UP_TIMEOUT)
+}
+
+/// How long `up` waits for a new coordinator of `services` services: it
+/// answers once it has started them (a fork and exec each, serial: 1–2 ms
+/// on two cores), so 5,000 services need longer than [`UP_TIMEOUT`].
+/// Capped at ten minutes, whatever the config says.
+fn up_patience(services: usize) -> Duration {
+    (UP_TIMEOUT + Duration::from_millis(5).saturating_mul(services.min(u32::MAX as usize) as u32))
+        .min(Duration::from_secs(600))
+}
+
+fn wait_healthy_within(
+    paths: &Paths,
+    mut started: Option<Started>,
+    patience: Duration,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + patience;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         if let Some(s) = &mut started {
@@ -234,7 +273,7 @@ pub(super) fn wait_healthy(paths: &Paths, mut started: Option<Started>) -> Resul
     }
     Err(CliError::Failed(anyhow!(
         "the coordinator did not become healthy within {}s ({last}); see {}",
-        UP_TIMEOUT.as_secs(),
+        patience.as_secs(),
         paths.coordinator_log().display()
     )))
 }
@@ -266,17 +305,21 @@ pub fn down(paths: &Paths) -> CliResult {
     // now on sees the mark and stays down; one started before is found.
     DownMark::write(paths)?;
     let store = Store::new(paths.clone());
-    let Some(holder) = CoordinatorLock::holder(paths) else {
+    let mut holder = CoordinatorLock::holder(paths);
+    if holder == Some(None) {
+        holder = wait_leaving(paths);
+    }
+    let Some(holder) = holder else {
         return down_without_coordinator(paths, &store, was_down);
     };
     // Its identity now, before its pid could be reused by anyone.
     let identity = holder.and_then(Identity::of);
     let limit = down_limit(&stop_timeouts(paths, &store));
     let deadline = Instant::now() + limit;
-    let message = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
-        Ok(r) => r.message,
+    let (message, acknowledged) = match client::request(paths, &Request::Down, DOWN_ACK_TIMEOUT) {
+        Ok(r) => (r.message, true),
         // Gone already, hung, or busy with another `down`: the wait decides.
-        Err(e) => format!("{e:#}"),
+        Err(_) => (String::new(), false),
     };
     let left = deadline.saturating_duration_since(Instant::now());
     let gone = match identity {
@@ -312,11 +355,20 @@ pub fn down(paths: &Paths) -> CliResult {
             limit.as_secs()
         );
         stop_leftovers(&store).context("stopping what the coordinator left")?;
+    } else if !acknowledged {
+        // It exited without taking the `down` (it was dying as we asked):
+        // what it recorded is still there to stop.
+        let left = stop_leftovers(&store).context("stopping what the coordinator left")?;
+        if left > 0 {
+            println!("the coordinator exited before it could stop anything; stopped what it left");
+        }
     }
-    println!(
-        "{}",
-        message.replace("; the coordinator exits when done", "")
-    );
+    if acknowledged {
+        println!(
+            "{}",
+            message.replace("; the coordinator exits when done", "")
+        );
+    }
     println!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -551,6 +603,19 @@ fn log_error(e: std::io::Error, doing: &str, path: &Path) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn up_waits_longer_for_more_services_within_ten_minutes() {
+        for (services, want) in [
+            (0, 10_000),
+            (1_000, 15_000),
+            (5_000, 35_000),
+            (1_000_000, 600_000),
+            (usize::MAX, 600_000),
+        ] {
+            assert_eq!(up_patience(services).as_millis(), want, "{services}");
+        }
+    }
 
     #[test]
     fn down_waits_for_the_longest_stop_timeout_plus_slack_within_an_hour() {

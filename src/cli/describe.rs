@@ -142,8 +142,12 @@ pub fn render(d: &ServiceDetail) -> String {
         let pids: Vec<String> = d.children.iter().map(i32::to_string).collect();
         format!("{} ({})", d.children.len(), pids.join(" "))
     };
+    let status = match &h.waiting {
+        Some(why) => format!("{} ({why})", h.status),
+        None => h.status.clone(),
+    };
     let mut rows = vec![
-        ("status", h.status.clone()),
+        ("status", status),
         ("command", d.command.clone()),
         ("cwd", dash(d.cwd.clone())),
         ("pid", dash(h.pid.map(|p| p.to_string()))),

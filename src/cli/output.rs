@@ -115,11 +115,16 @@ fn with_reasons(table: &str, details: &[ServiceHealth]) -> String {
     for (line, d) in lines.zip(details) {
         out.push_str(line);
         out.push('\n');
-        let running = d.status == crate::registry::status::RUNNING && d.pid.is_some();
-        let reason = d
-            .last_exit
-            .as_ref()
-            .and_then(crate::registry::model::exit_reason);
+        use crate::registry::status;
+        // A starting service has a process: its last exit is history.
+        let running =
+            matches!(d.status.as_str(), status::RUNNING | status::STARTING) && d.pid.is_some();
+        // A waiting service says what it waits for rather than how it ended.
+        let reason = d.waiting.as_deref().or_else(|| {
+            d.last_exit
+                .as_ref()
+                .and_then(crate::registry::model::exit_reason)
+        });
         if let (false, Some(reason)) = (running, reason) {
             let text = format!("  └ {}", printable(reason));
             out.push_str(&cut(&text, REASON_WIDTH));
@@ -270,6 +275,7 @@ mod reason_tests {
             cpu: None,
             rss: None,
             last_exit,
+            waiting: None,
         }
     }
 
@@ -286,8 +292,13 @@ mod reason_tests {
             service("backoff", None, None),
             service("stopped", None, exit(&long)),
             service("failed", None, exit("\u{1b}[2Jgone")),
+            ServiceHealth {
+                waiting: Some("waiting for db".into()),
+                ..service("waiting", None, exit("exited with code 1"))
+            },
+            service("starting", Some(7), exit("exited with code 2")),
         ];
-        let table = "H\na\nb\nc\nd\ne\nf\n";
+        let table = "H\na\nb\nc\nd\ne\nf\ng\nh\n";
         let text = with_reasons(table, &details);
         let cut_line = format!("  └ {}…", "x".repeat(95));
         let want = [
@@ -302,6 +313,9 @@ mod reason_tests {
             &cut_line,
             "f",
             "  └ \\u{1b}[2Jgone",
+            "g",
+            "  └ waiting for db",
+            "h",
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), want);
         assert!(text.lines().all(|l| l.chars().count() <= REASON_WIDTH));

@@ -537,7 +537,11 @@ fn items(registry: &Registry, health: HealthStatus) -> Vec<Item> {
             items.push(Item::Group(title.clone()));
             group = Some(title);
         }
-        let last_exit = registry.get(&key_of(&d)).and_then(last_exit_reason);
+        // A waiting service shows what it waits for in the reason column.
+        let last_exit = d
+            .waiting
+            .clone()
+            .or_else(|| registry.get(&key_of(&d)).and_then(last_exit_reason));
         items.push(Item::Service(Box::new(ServiceRow {
             health: d,
             last_exit,
@@ -774,6 +778,7 @@ mod tests {
             cpu: None,
             rss: None,
             last_exit: None,
+            waiting: None,
         };
         assert_eq!(log_path(&paths, &d), paths.service_log("kb"));
         d.project_path = Some("/home/me/proj".into());

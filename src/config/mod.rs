@@ -9,7 +9,8 @@
 //! Invariants of a parsed `Config`: service names are valid names and unique
 //! per type; no service is `per-session` (sessions start their own); every
 //! command has a non-empty program; `health-interval` is positive; `projects`
-//! are absolute.
+//! are absolute; every `depends-on` names a service it may depend on (not
+//! itself) and no chain of them is a cycle (`graph`).
 //!
 //! Layout: `types` holds what the rest of psm sees (the validated values);
 //! `parse` reads the file as written, keeping positions, and words errors;
@@ -20,6 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod bounds;
+pub mod graph;
 mod parse;
 mod types;
 mod validate;

@@ -82,6 +82,10 @@ pub(super) struct RawService {
     pub(super) restart: RawRestart,
     pub(super) kind: Option<Spanned<String>>,
     pub(super) options: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub(super) depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) restart_with: Vec<Spanned<String>>,
 }
 
 /// Every form's keys in one table, so a mix of forms gets a precise message

@@ -109,8 +109,138 @@ fn full_example() {
             ..RestartPolicy::default()
         },
         options: json!({ "a": 1 }),
+        depends_on: Vec::new(),
+        restart_with: Vec::new(),
     };
     assert_eq!(config.services, vec![expected]);
+}
+
+fn service(name: &str, kind: &str, extra: &str) -> String {
+    format!("[[service]]\nname = \"{name}\"\ntype = \"{kind}\"\ncommand = [\"srv\"]\n{extra}\n")
+}
+
+#[test]
+fn depends_on_resolves_in_scope() {
+    let text = [
+        service("db", "global", ""),
+        service("cache", "per-project", ""),
+        service("db", "per-project", ""),
+        service(
+            "web",
+            "per-project",
+            "depends-on = [\"db\", \"cache\"]\nrestart-with = [\"db\"]",
+        ),
+        service("api", "global", "depends-on = [\"db\"]"),
+    ]
+    .concat();
+    let config = parse(&text).unwrap();
+    let web = &config.services[3];
+    assert_eq!(web.depends_on, ["db", "cache"]);
+    assert_eq!(web.restart_with, ["db"]);
+    let inst = web.instantiate(Path::new("/r"), Some(Path::new("/p")));
+    let project = Scope::Project("/p".into());
+    assert_eq!(
+        inst.dependency_keys(&config.services),
+        [
+            ServiceKey::new("db", project.clone()),
+            ServiceKey::new("cache", project)
+        ]
+    );
+    let api = config.services[4].instantiate(Path::new("/r"), None);
+    assert_eq!(
+        api.dependency_keys(&config.services),
+        [ServiceKey::global("db")]
+    );
+}
+
+/// Each bad `depends-on` is one line naming file, line and key; nothing
+/// else is accepted.
+#[test]
+fn depends_on_errors() {
+    let long = "d".repeat(200);
+    let cases: Vec<(String, usize, Vec<&str>)> = vec![
+        (
+            service("web", "global", "depends-on = [\"db\"]"),
+            5,
+            vec!["unknown service 'db'", "'depends-on'", "'web'"],
+        ),
+        (
+            service("web", "global", "depends-on = [\"web\"]"),
+            5,
+            vec!["names the service itself", "'depends-on'"],
+        ),
+        (
+            [
+                service("a", "global", "depends-on = [\"b\"]"),
+                service("b", "global", "depends-on = [\"c\"]"),
+                service("c", "global", "depends-on = [\"a\"]"),
+            ]
+            .concat(),
+            15,
+            vec!["dependency cycle", "a → b → c → a", "'depends-on'"],
+        ),
+        (
+            [
+                service("db", "per-project", ""),
+                service("web", "global", "depends-on = [\"db\"]"),
+            ]
+            .concat(),
+            10,
+            vec![
+                "unknown service 'db'",
+                "global service cannot depend on a per-project",
+            ],
+        ),
+        (
+            service("web", "global", &format!("depends-on = [\"{long}\"]")),
+            5,
+            vec!["'depends-on'"],
+        ),
+        (
+            [
+                service("db", "global", ""),
+                service("web", "global", "depends-on = [\"db\", \"db\"]"),
+            ]
+            .concat(),
+            10,
+            vec!["twice"],
+        ),
+        (
+            [
+                service("db", "global", ""),
+                service("web", "global", "restart-with = [\"db\"]"),
+            ]
+            .concat(),
+            10,
+            vec!["'restart-with'", "not in its 'depends-on'"],
+        ),
+    ];
+    for (text, line, needles) in cases {
+        assert_error(&text, Some(line), &needles);
+    }
+}
+
+/// A chain of 1,000 services validates without recursion or a quadratic
+/// walk per edge beyond the name lookup.
+#[test]
+fn long_dependency_chain() {
+    let mut text = String::new();
+    for i in 0..1000 {
+        let deps = if i + 1 < 1000 {
+            format!("depends-on = [\"s{}\"]", i + 1)
+        } else {
+            String::new()
+        };
+        text.push_str(&service(&format!("s{i}"), "global", &deps));
+    }
+    assert_eq!(parse(&text).unwrap().services.len(), 1000);
+    text.push_str(&service("s1000", "global", "depends-on = [\"s0\"]"));
+    text = text.replace(
+        "name = \"s999\"\ntype = \"global\"\ncommand = [\"srv\"]\n\n",
+        "name = \"s999\"\ntype = \"global\"\ncommand = [\"srv\"]\ndepends-on = [\"s1000\"]\n",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("dependency cycle"), "{err}");
 }
 
 /// Optional service keys take their documented defaults.

@@ -113,6 +113,14 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     /// Free table for extension kinds; an empty object when absent.
     pub options: Value,
+    /// Services that must be ready before this one starts (`depends-on`):
+    /// known names, never itself, no cycle. A per-project service's name
+    /// means the per-project service of the same project if there is one,
+    /// else the global one.
+    pub depends_on: Vec<String>,
+    /// Dependencies whose every new ready run restarts this service
+    /// (`restart-with`); each is also in `depends_on`.
+    pub restart_with: Vec<String>,
 }
 
 /// The one health check a service may have besides the pid check.
@@ -197,6 +205,45 @@ impl ServiceSpec {
             cwd: resolve_cwd(root, spec.cwd.as_deref(), project),
             spec,
         }
+    }
+}
+
+/// The service a dependency `name` of a service of type `of` means: for a
+/// per-project service, the per-project service of that name (of the same
+/// project) if the config has one, else the global one; for a global
+/// service, only a global one. `None`: no such service.
+pub fn resolve_dependency(specs: &[ServiceSpec], of: ServiceType, name: &str) -> Option<usize> {
+    let find = |t: ServiceType| {
+        specs
+            .iter()
+            .position(|s| s.service_type == t && s.name == name)
+    };
+    match of {
+        ServiceType::PerProject => {
+            find(ServiceType::PerProject).or_else(|| find(ServiceType::Global))
+        }
+        _ => find(ServiceType::Global),
+    }
+}
+
+impl Instance {
+    /// The instances this one depends on, by key, in its own scope (see
+    /// [`resolve_dependency`]); names the config does not have are skipped
+    /// (validation refuses them).
+    pub fn dependency_keys(&self, specs: &[ServiceSpec]) -> Vec<ServiceKey> {
+        self.spec
+            .depends_on
+            .iter()
+            .filter_map(|name| {
+                let i = resolve_dependency(specs, self.spec.service_type, name)?;
+                Some(match (&specs[i].service_type, &self.key.scope) {
+                    (ServiceType::PerProject, scope) => {
+                        ServiceKey::new(name.clone(), scope.clone())
+                    }
+                    _ => ServiceKey::global(name.clone()),
+                })
+            })
+            .collect()
     }
 }
 

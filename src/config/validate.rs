@@ -67,11 +67,70 @@ impl Ctx<'_> {
         };
         // (type, name) → line of the first definition, for duplicate messages.
         let mut seen: BTreeMap<(ServiceType, String), usize> = BTreeMap::new();
+        let mut dep_spans = Vec::new();
         for (index, service) in raw.services.into_iter().enumerate() {
+            let spans: Vec<usize> = service.depends_on.iter().map(|d| d.span().start).collect();
             let spec = self.service(index, service, config.restart, &mut seen)?;
             config.services.push(spec);
+            dep_spans.push(spans);
         }
+        self.dependencies(&config.services, &dep_spans)?;
         Ok(config)
+    }
+
+    /// Every `depends-on` names a service this one may depend on, and no
+    /// chain of them comes back to where it started. `spans[i][j]` is where
+    /// service i's dependency j is written.
+    fn dependencies(&self, specs: &[ServiceSpec], spans: &[Vec<usize>]) -> Result<(), ConfigError> {
+        let mut graph = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let within = format!("[[service]] '{}'", spec.name);
+            let mut edges = Vec::with_capacity(spec.depends_on.len());
+            for (j, name) in spec.depends_on.iter().enumerate() {
+                let at = spans[i].get(j).copied();
+                match super::resolve_dependency(specs, spec.service_type, name) {
+                    Some(d) => edges.push(d),
+                    None => {
+                        let per_project_only = specs.iter().any(|s| &s.name == name);
+                        let hint = if per_project_only {
+                            "a global service cannot depend on a per-project one; make it per-project or drop the dependency"
+                        } else {
+                            "name a service defined in this file"
+                        };
+                        return Err(self.error(
+                            at,
+                            format!(
+                                "unknown service '{}' in 'depends-on' of {within}: {hint}",
+                                shown(name)
+                            ),
+                        ));
+                    }
+                }
+            }
+            graph.push(edges);
+        }
+        if let Some(cycle) = super::graph::find_cycle(&graph) {
+            let first = cycle[0];
+            let names: Vec<&str> = cycle
+                .iter()
+                .chain(std::iter::once(&first))
+                .map(|&i| specs[i].name.as_str())
+                .collect();
+            // The line of the edge that closes the loop: the last node's
+            // dependency on the first.
+            let last = *cycle.last().unwrap_or(&first);
+            let j = graph[last].iter().position(|&d| d == first);
+            let at = j.and_then(|j| spans[last].get(j).copied());
+            return Err(self.error(
+                at,
+                format!(
+                    "dependency cycle in 'depends-on' of [[service]] '{}': {}; remove one of these dependencies",
+                    specs[last].name,
+                    shown(&names.join(" → "))
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn service(
@@ -168,7 +227,40 @@ impl Ctx<'_> {
         };
 
         let restart = self.restart(raw.restart, defaults, &format!("'restart' of {within}"))?;
+        let mut depends_on: Vec<String> = Vec::new();
+        for dep in raw.depends_on {
+            let fail = |message: String| Err(self.error(Some(dep.span().start), message));
+            if let Err(e) = validate_name("dependency", dep.get_ref()) {
+                return fail(format!("{e} (key 'depends-on' of {within})"));
+            }
+            if dep.get_ref() == &name {
+                return fail(format!(
+                    "'depends-on' of {within} names the service itself: remove '{name}'"
+                ));
+            }
+            if depends_on.contains(dep.get_ref()) {
+                return fail(format!(
+                    "'depends-on' of {within} names '{}' twice: keep one",
+                    dep.get_ref()
+                ));
+            }
+            depends_on.push(dep.into_inner());
+        }
+        let mut restart_with: Vec<String> = Vec::new();
+        for dep in raw.restart_with {
+            if !depends_on.contains(dep.get_ref()) {
+                return Err(self.error(
+                    Some(dep.span().start),
+                    format!("'restart-with' of {within} names '{}', which is not in its 'depends-on': add it there or drop it here", shown(dep.get_ref())),
+                ));
+            }
+            if !restart_with.contains(dep.get_ref()) {
+                restart_with.push(dep.into_inner());
+            }
+        }
         Ok(ServiceSpec {
+            depends_on,
+            restart_with,
             start_period: self.duration(
                 Key::StartPeriod,
                 raw.start_period,

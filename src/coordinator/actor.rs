@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use super::deps::{self, DepState};
 use super::plan::{self, Instances, Start};
 use super::protocol::{Request, Response, Target};
 use crate::config::{Config, Instance};
@@ -44,7 +45,8 @@ use crate::registry::{
 };
 use crate::supervisor::service::MANAGED_BY;
 use crate::supervisor::{
-    Extensions, KindContext, ProbeHealth, RestartService, ServiceActor, ServiceHandle, StopService,
+    Extensions, KindContext, ProbeHealth, Readiness, ReadinessChanged, RestartService,
+    ServiceActor, ServiceHandle, StopService,
 };
 use crate::time::now_millis;
 
@@ -71,6 +73,17 @@ pub enum SignalReceived {
 struct Managed {
     instance: Instance,
     handle: ServiceHandle,
+}
+
+/// An instance held back by its dependencies.
+struct Waiting {
+    instance: Instance,
+    /// Its dependencies, resolved once (a reload that changes them
+    /// replaces the instance): each readiness report checks every waiting
+    /// instance, so this keeps a long chain linear per report.
+    deps: Vec<ServiceKey>,
+    /// The reason last recorded.
+    reason: String,
 }
 
 /// A change to the supervision tree, queued and carried out one at a time.
@@ -100,6 +113,18 @@ pub struct CoordinatorActor {
     registry: Addr<RegistryActor>,
     services: BTreeMap<ServiceKey, Managed>,
     user_stopped: BTreeSet<ServiceKey>,
+    /// Instances held back by `depends-on`, with the reason last recorded.
+    /// They have no actor; they start once every dependency is ready.
+    waiting: BTreeMap<ServiceKey, Waiting>,
+    /// Instances whose current run is ready.
+    ready: BTreeSet<ServiceKey>,
+    /// Instances that have been ready since their actor started: their next
+    /// readiness is a new run, which restarts their `restart-with` dependents.
+    was_ready: BTreeSet<ServiceKey>,
+    /// Instances whose actor gave up, and why.
+    failed: BTreeMap<ServiceKey, String>,
+    /// This actor's address, for the service actors' readiness reports.
+    me_addr: Option<Addr<CoordinatorActor>>,
     /// Changes waiting for the one in progress to end.
     queue: VecDeque<Queued>,
     /// A change is being carried out.
@@ -134,6 +159,11 @@ impl CoordinatorActor {
             registry,
             services: BTreeMap::new(),
             user_stopped: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            was_ready: BTreeSet::new(),
+            failed: BTreeMap::new(),
+            me_addr: None,
             queue: VecDeque::new(),
             busy: false,
             reconcile_queued: false,
@@ -194,12 +224,158 @@ impl CoordinatorActor {
         plan::desired(specs, root, projects, Instances::PerProject, Path::is_dir)
     }
 
-    /// The instances whose actors run now.
+    /// The instances whose actors run now, and those waiting to start.
     fn running(&self, scope: impl Fn(&Scope) -> bool) -> BTreeMap<ServiceKey, Instance> {
         self.services
             .iter()
+            .map(|(k, m)| (k, &m.instance))
+            .chain(self.waiting.iter().map(|(k, w)| (k, &w.instance)))
             .filter(|(k, _)| scope(&k.scope))
-            .map(|(k, m)| (k.clone(), m.instance.clone()))
+            .map(|(k, i)| (k.clone(), i.clone()))
+            .collect()
+    }
+
+    /// Every managed instance (running or waiting) → what it depends on.
+    fn graph(&self) -> deps::Graph {
+        self.running(|_| true)
+            .into_iter()
+            .map(|(k, i)| {
+                let d = i.dependency_keys(&self.config.services);
+                (k, d)
+            })
+            .collect()
+    }
+
+    fn dep_state(&self, key: &ServiceKey) -> DepState {
+        if self.ready.contains(key) {
+            DepState::Ready
+        } else if let Some(why) = self.failed.get(key) {
+            DepState::Failed(why.clone())
+        } else if self.services.contains_key(key) || self.waiting.contains_key(key) {
+            DepState::Coming
+        } else if self.user_stopped.contains(key) {
+            DepState::Stopped
+        } else {
+            DepState::Absent
+        }
+    }
+
+    /// Why an instance depending on `deps` must wait, or `None`.
+    fn wait_reason(&self, deps: &[ServiceKey]) -> Option<String> {
+        let states: Vec<(String, DepState)> = deps
+            .iter()
+            .map(|k| (self.label_of(k), self.dep_state(k)))
+            .collect();
+        deps::wait_reason(&states)
+    }
+
+    fn label_of(&self, key: &ServiceKey) -> String {
+        match &key.scope {
+            Scope::Project(p) => format!(
+                "{}@{}",
+                key.name,
+                Path::new(p)
+                    .file_name()
+                    .map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
+            ),
+            _ => key.name.clone(),
+        }
+    }
+
+    /// Starts `instance` now if its dependencies are ready (or it adopts a
+    /// live process: what runs is never held back), else records it
+    /// `waiting` until they are.
+    fn launch(&mut self, instance: Instance, adopt: Option<ServiceRecord>) {
+        if adopt.is_some() {
+            return self.start_instance(instance, adopt);
+        }
+        let deps = instance.dependency_keys(&self.config.services);
+        match self.wait_reason(&deps) {
+            None => self.start_instance(instance, None),
+            Some(reason) => {
+                info!(service = %instance.label, reason, "waiting");
+                self.record_waiting(&instance, &reason);
+                let key = instance.key.clone();
+                let waiting = Waiting {
+                    instance,
+                    deps,
+                    reason,
+                };
+                self.waiting.insert(key, waiting);
+            }
+        }
+    }
+
+    fn record_waiting(&self, instance: &Instance, reason: &str) {
+        let key = &instance.key;
+        let script = instance.spec.command.join(" ");
+        let mut rec = ServiceRecord::without_process(&key.scope, script, now_millis());
+        rec.status = status::WAITING.into();
+        rec.metadata
+            .insert("managedBy".into(), Value::from(MANAGED_BY));
+        rec.metadata
+            .insert(status::WAITING.into(), Value::from(reason));
+        self.registry.do_send(Persist(RegistryOp::Upsert {
+            key: key.clone(),
+            record: Box::new(rec),
+        }));
+    }
+
+    /// Starts the waiting instances whose dependencies are all ready now;
+    /// records a new reason for those whose reason changed. With `changed`,
+    /// only the instances that depend on it are looked at (a readiness
+    /// report: a chain of 1,000 stays linear, not a full pass per link).
+    fn release_waiting(&mut self, changed: Option<&ServiceKey>) {
+        if self.shutting_down {
+            return;
+        }
+        // An instance started here that is ready at once (an extension kind)
+        // releases its own waiters in turn: a worklist, not recursion.
+        let mut work: VecDeque<Option<ServiceKey>> = VecDeque::from([changed.cloned()]);
+        while let Some(changed) = work.pop_front() {
+            let keys: Vec<ServiceKey> = self
+                .waiting
+                .iter()
+                .filter(|(_, w)| changed.as_ref().is_none_or(|c| w.deps.contains(c)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in keys {
+                let Some(w) = self.waiting.get(&key) else {
+                    continue;
+                };
+                match self.wait_reason(&w.deps) {
+                    None => {
+                        if let Some(w) = self.waiting.remove(&key) {
+                            info!(service = %w.instance.label, "dependencies ready; starting");
+                            self.start_instance(w.instance, None);
+                            if self.ready.contains(&key) {
+                                work.push_back(Some(key));
+                            }
+                        }
+                    }
+                    Some(now) if now != w.reason => {
+                        self.record_waiting(&w.instance, &now);
+                        if let Some(w) = self.waiting.get_mut(&key) {
+                            w.reason = now;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    /// The running instances that restart with `key` (`restart-with`).
+    fn restart_with(&self, key: &ServiceKey) -> Vec<ServiceKey> {
+        self.services
+            .iter()
+            .filter(|(_, m)| m.instance.spec.restart_with.contains(&key.name))
+            .filter(|(_, m)| {
+                m.instance
+                    .dependency_keys(&self.config.services)
+                    .contains(key)
+            })
+            .map(|(k, _)| k.clone())
             .collect()
     }
 
@@ -211,9 +387,16 @@ impl CoordinatorActor {
             paths: self.paths.clone(),
             health_interval: self.config.health_interval,
             adopt,
+            readiness: self.me_addr.clone().map(Recipient::from),
         };
+        self.failed.remove(&instance.key);
         let handle = match self.extensions.kind_for(&instance.spec.kind) {
-            Some(kind) => kind.start(ctx),
+            Some(kind) => {
+                // An extension kind may not report readiness: it counts as
+                // ready once started.
+                self.ready.insert(instance.key.clone());
+                kind.start(ctx)
+            }
             None if instance.spec.kind == "daemon" => {
                 ServiceActor::new(ctx, &self.probes).start().into()
             }
@@ -276,7 +459,7 @@ impl CoordinatorActor {
                         m.handle.restart.do_send(RestartService { force: true });
                     }
                 }
-                Start::Fresh => self.start_instance(instance, None),
+                Start::Fresh => self.launch(instance, None),
             }
         }
         if !split.twins.is_empty() {
@@ -286,6 +469,9 @@ impl CoordinatorActor {
             );
             self.end_processes(split.twins, false);
         }
+        // An instance launched before its dependency was: its reason now
+        // says the dependency is coming rather than not running.
+        self.release_waiting(None);
         info!(
             services = desired.len(),
             adopted,
@@ -410,8 +596,9 @@ impl CoordinatorActor {
         for key in plan.added {
             let instance = desired[&key].clone();
             info!(service = %instance.label, "project active; starting");
-            self.start_instance(instance, None);
+            self.launch(instance, None);
         }
+        self.release_waiting(None);
         stops
     }
 
@@ -440,13 +627,8 @@ impl CoordinatorActor {
         // Instances that exist now, plus what the config would start for the
         // currently known projects (so a stopped per-project service can be
         // named and started again).
-        let mut pool: BTreeMap<ServiceKey, Instance> = self
-            .services
-            .iter()
-            .map(|(k, m)| (k.clone(), m.instance.clone()))
-            .collect();
-        let projects: BTreeSet<PathBuf> = self
-            .services
+        let mut pool: BTreeMap<ServiceKey, Instance> = self.running(|_| true);
+        let projects: BTreeSet<PathBuf> = pool
             .keys()
             .chain(self.user_stopped.iter())
             .filter_map(|k| match &k.scope {
@@ -463,33 +645,81 @@ impl CoordinatorActor {
 
     /// Stops the actors of `keys` (removing them from the tree at once);
     /// the future resolves when every one has confirmed.
+    ///
+    /// They stop in waves, dependents before what they depend on; one wave
+    /// stops in parallel. Waiting instances among them only lose their
+    /// `waiting` record (kept as `stopped` with `keep_record`).
     fn stop_keys(
         &mut self,
         keys: Vec<ServiceKey>,
         keep_record: bool,
     ) -> impl std::future::Future<Output = ()> {
-        let stops: Vec<_> = keys
-            .into_iter()
-            .filter_map(|k| self.services.remove(&k))
-            .map(|m| {
+        let set: BTreeSet<ServiceKey> = keys.into_iter().collect();
+        let waves = deps::stop_order(&self.graph(), &set);
+        let mut stages = Vec::with_capacity(waves.len());
+        for wave in waves {
+            let mut stage = Vec::new();
+            for key in wave {
+                self.ready.remove(&key);
+                self.was_ready.remove(&key);
+                self.failed.remove(&key);
+                if self.waiting.remove(&key).is_some() {
+                    self.record_no_process(&key, keep_record);
+                }
+                let Some(m) = self.services.remove(&key) else {
+                    continue;
+                };
                 // A stop ends within its stop timeout (then SIGKILL) and the
                 // moment the exit is seen. An actor silent far beyond that
                 // (an extension kind's bug, a process stuck in the kernel)
                 // must not hold every later change back for ever.
                 let patience = m.instance.spec.stop_timeout + STOP_REPLY_GRACE;
-                let stop = m.handle.stop.send(StopService { keep_record });
-                (m.instance.label, stop.timeout(patience))
-            })
-            .collect();
-        // `send` has already queued every message, so the services stop in
-        // parallel; awaiting the replies one by one only collects them.
+                stage.push((m.instance.label, m.handle.stop, patience));
+            }
+            if !stage.is_empty() {
+                stages.push(stage);
+            }
+        }
         async move {
-            for (label, stop) in stops {
-                if let Err(MailboxError::Timeout) = stop.await {
-                    error!(service = %label, "did not confirm its stop in time; going on without it");
+            for stage in stages {
+                // Every stop of a wave is sent before any reply is awaited,
+                // so a wave stops in parallel.
+                let sent: Vec<_> = stage
+                    .into_iter()
+                    .map(|(label, stop, patience)| {
+                        (
+                            label,
+                            stop.send(StopService { keep_record }).timeout(patience),
+                        )
+                    })
+                    .collect();
+                for (label, stop) in sent {
+                    if let Err(MailboxError::Timeout) = stop.await {
+                        error!(service = %label, "did not confirm its stop in time; going on without it");
+                    }
                 }
             }
         }
+    }
+
+    /// The record of an instance without a process: `stopped`, or removed.
+    fn record_no_process(&self, key: &ServiceKey, keep_record: bool) {
+        let op = if keep_record {
+            let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
+            rec.status = status::STOPPED.into();
+            rec.metadata
+                .insert("managedBy".into(), Value::from(MANAGED_BY));
+            RegistryOp::Upsert {
+                key: key.clone(),
+                record: Box::new(rec),
+            }
+        } else {
+            RegistryOp::Remove {
+                key: key.clone(),
+                pid: None,
+            }
+        };
+        self.registry.do_send(Persist(op));
     }
 
     /// Queues a change; it is carried out once those before it are done.
@@ -575,29 +805,33 @@ impl CoordinatorActor {
         if keys.is_empty() {
             return Box::pin(fut::ready(no_such_service(target)));
         }
-        let running: Vec<ServiceKey> = keys
-            .iter()
-            .filter(|k| self.services.contains_key(k))
-            .cloned()
-            .collect();
+        // What depends on them stops first, and stays stopped with them.
+        let all = deps::with_dependents(&self.graph(), &keys);
+        let managed =
+            |k: &ServiceKey| self.services.contains_key(k) || self.waiting.contains_key(k);
         // Already-stopped instances still get a `stopped` record.
-        for key in keys.iter().filter(|k| !self.services.contains_key(k)) {
-            let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
-            rec.status = status::STOPPED.into();
-            rec.metadata
-                .insert("managedBy".into(), Value::from(MANAGED_BY));
-            self.registry.do_send(Persist(RegistryOp::Upsert {
-                key: key.clone(),
-                record: Box::new(rec),
-            }));
+        for key in keys.iter().filter(|k| !managed(k)) {
+            self.record_no_process(key, true);
         }
-        self.user_stopped.extend(keys.iter().cloned());
+        let dependents: Vec<String> = all
+            .iter()
+            .filter(|k| !keys.contains(k))
+            .map(|k| self.label_of(k))
+            .collect();
+        self.user_stopped.extend(all.iter().cloned());
         let n = keys.len();
         let name = target.service.clone();
+        let along = if dependents.is_empty() {
+            String::new()
+        } else {
+            format!(", and first what depends on it: {}", dependents.join(", "))
+        };
         Box::pin(
-            self.stop_keys(running, true)
+            self.stop_keys(all.into_iter().collect(), true)
                 .into_actor(self)
-                .map(move |(), _, _| Response::ok(format!("stopped {name} ({n} instance(s))"))),
+                .map(move |(), _, _| {
+                    Response::ok(format!("stopped {name} ({n} instance(s)){along}"))
+                }),
         )
     }
 
@@ -609,13 +843,38 @@ impl CoordinatorActor {
         if keys.is_empty() {
             return Box::pin(fut::ready(no_such_service(target)));
         }
-        for key in &keys {
-            self.user_stopped.remove(key);
-            match self.services.get(key) {
-                Some(m) => m.handle.restart.do_send(RestartService { force }),
-                None => self.start_instance(pool[key].clone(), None),
+        // What they depend on and is not running starts too (as systemd's
+        // `Requires=` and process-compose's `depends_on` do); they wait for
+        // it. Dependencies first, so each waits with the right reason.
+        let graph: deps::Graph = pool
+            .iter()
+            .map(|(k, i)| (k.clone(), i.dependency_keys(&self.config.services)))
+            .collect();
+        let along = deps::with_dependencies(&graph, &keys);
+        let mut order: Vec<ServiceKey> = deps::stop_order(&graph, &along)
+            .into_iter()
+            .flatten()
+            .collect();
+        order.reverse();
+        for key in order {
+            let named = keys.contains(&key);
+            let managed = self.services.contains_key(&key) || self.waiting.contains_key(&key);
+            if !named && (managed || !pool.contains_key(&key)) {
+                continue;
+            }
+            self.user_stopped.remove(&key);
+            match self.services.get(&key) {
+                Some(m) => {
+                    // A failed service starts again: its dependents wait
+                    // for it as for any starting one.
+                    self.failed.remove(&key);
+                    m.handle.restart.do_send(RestartService { force });
+                }
+                None if self.waiting.contains_key(&key) => {}
+                None => self.launch(pool[&key].clone(), None),
             }
         }
+        self.release_waiting(None);
         let verb = if force { "restarted" } else { "started" };
         Box::pin(fut::ready(Response::ok(format!(
             "{verb} {} ({} instance(s))",
@@ -672,8 +931,10 @@ impl CoordinatorActor {
                         .into_actor(act)
                         .map(move |(), act, _| {
                             for key in plan.added.iter().chain(&plan.changed) {
-                                act.start_instance(desired[key].clone(), None);
+                                act.launch(desired[key].clone(), None);
                             }
+                            // Dependencies added or removed change who waits.
+                            act.release_waiting(None);
                             act.heartbeat();
                             Response::ok(summary)
                         })
@@ -686,7 +947,7 @@ impl CoordinatorActor {
             return;
         }
         info!(services = self.services.len(), "stopping every service");
-        let keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
+        let keys: Vec<ServiceKey> = self.running(|_| true).into_keys().collect();
         let registry = self.registry.clone();
         // `down` leaves no record of ours behind, `stopped` ones included.
         for key in std::mem::take(&mut self.user_stopped) {
@@ -728,6 +989,7 @@ impl Actor for CoordinatorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me_addr = Some(ctx.address());
         self.probes = self.extensions.start_probes();
         self.heartbeat();
         // Nothing else is handled until the previous state is known, so a
@@ -766,6 +1028,41 @@ impl Handler<Control> for CoordinatorActor {
             rx.await
                 .unwrap_or_else(|_| Response::error("the coordinator is shutting down"))
         })
+    }
+}
+
+impl Handler<ReadinessChanged> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadinessChanged, _ctx: &mut Context<Self>) {
+        let key = msg.key;
+        // A report from an actor already stopped (or replaced) is stale.
+        if !self.services.contains_key(&key) {
+            return;
+        }
+        match msg.readiness {
+            Readiness::Ready => {
+                self.ready.insert(key.clone());
+                self.failed.remove(&key);
+                if !self.was_ready.insert(key.clone()) {
+                    // A new run of a dependency that was ready before.
+                    for dependent in self.restart_with(&key) {
+                        if let Some(m) = self.services.get(&dependent) {
+                            info!(service = %m.instance.label, dependency = %key.name, "restarting with its dependency");
+                            m.handle.restart.do_send(RestartService { force: true });
+                        }
+                    }
+                }
+            }
+            Readiness::NotReady => {
+                self.ready.remove(&key);
+            }
+            Readiness::Failed(why) => {
+                self.ready.remove(&key);
+                self.failed.insert(key.clone(), why);
+            }
+        }
+        self.release_waiting(Some(&key));
     }
 }
 

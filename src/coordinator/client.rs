@@ -66,14 +66,32 @@ pub fn request(paths: &Paths, req: &Request, timeout: Duration) -> Result<Respon
     let written = (&stream).write_all(&line);
     let mut reply = String::new();
     let read = BufReader::new(&stream).read_line(&mut reply);
+    // A killed coordinator keeps its listening socket (and its lock) until
+    // its last thread has exited, which under load takes a while: the
+    // connection is accepted, then reset. Without a live coordinator holding
+    // the lock, that is "not running", not an I/O puzzle.
+    let gone = || ClientError::NotRunning(paths.root().display().to_string());
     if reply.is_empty() {
-        written.map_err(io)?;
+        if let Err(e) = written {
+            return Err(if left(paths) { gone() } else { io(e) });
+        }
     }
-    read.map_err(io)?;
+    if let Err(e) = read {
+        return Err(if left(paths) { gone() } else { io(e) });
+    }
     if reply.is_empty() {
+        if left(paths) {
+            return Err(gone());
+        }
         return Err(ClientError::Protocol(
             "connection closed without a reply".into(),
         ));
     }
     serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Whether no live coordinator holds the root's lock (none ever did, or the
+/// one that did has died and is still leaving).
+fn left(paths: &Paths) -> bool {
+    !matches!(super::CoordinatorLock::holder(paths), Some(Some(_)))
 }

@@ -19,6 +19,7 @@
 mod actor;
 pub mod client;
 mod control;
+mod deps;
 mod plan;
 pub mod protocol;
 
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use actix::prelude::*;
 use anyhow::Context as _;
 use fs2::FileExt;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use actor::{CoordinatorActor, COORDINATOR_NAME};
 
@@ -375,6 +376,13 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     // `setsid` helper whose parent exited) become our children instead of
     // init's: the services find them there, and the heartbeat reaps them.
     let subreaper = crate::process::tree::become_subreaper();
+    // Thousands of services need thousands of descriptors; the services
+    // themselves get the limit psm started with back.
+    match crate::process::spawn::raise_nofile_limit() {
+        Ok(Some((from, to))) => info!(from, to, "raised the open-file limit"),
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths, &lock)?;
     // Logs are kept within max-size as they are written, by a thread of

@@ -15,8 +15,11 @@
 //!   environment marker psm set when it spawned the service, or a parent
 //!   that proved itself (a child is never older than its parent).
 //!
-//! Without a process table (macOS) no member can prove itself: nothing but
-//! a matching leader is signalled.
+//! macOS reads the same fields through libproc (`proc_listpgrppids`,
+//! `proc_bsdinfo`), the session through `getsid`, and the marker from
+//! `KERN_PROCARGS2`; its kernel, like Linux, skips a pid number still in use
+//! as a process, group or session id when it forks. Elsewhere no member can
+//! prove itself: nothing but a matching leader is signalled.
 
 use super::identity::{group_exists, signallable, Identity, ProcInfo};
 
@@ -219,17 +222,14 @@ pub fn live_members(leader: Identity) -> Vec<Identity> {
 }
 
 /// Every process now in group `pgid`, with whether it carries `marker`.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn group_candidates(pgid: i32, marker: &Marker) -> Vec<Candidate> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    group_pids(pgid)
+        .into_iter()
         .filter_map(|pid| {
             let stat = super::identity::read_stat(pid).filter(|s| s.pgid == pgid)?;
-            // Read only for group members: a few files, not one per process.
-            let marked = std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|environ| marker.matches(&environ));
+            // Read only for group members: a few environments, not one per process.
+            let marked = super::tree::environ(pid).is_some_and(|environ| marker.matches(&environ));
             Some(Candidate {
                 identity: Identity {
                     pid,
@@ -245,8 +245,24 @@ fn group_candidates(pgid: i32, marker: &Marker) -> Vec<Candidate> {
         .collect()
 }
 
+/// Linux has no per-group list: every pid, filtered by group above.
+#[cfg(target_os = "linux")]
+fn group_pids(_pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// macOS lists a group's pids directly (`proc_listpgrppids`).
+#[cfg(target_os = "macos")]
+fn group_pids(pgid: i32) -> Vec<i32> {
+    super::macos::group_pids(pgid)
+}
+
 /// Without a process table to scan, no member can prove itself.
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 fn group_candidates(_pgid: i32, _marker: &Marker) -> Vec<Candidate> {
     Vec::new()
 }
@@ -377,6 +393,63 @@ mod tests {
         for (what, leader, holder, candidates, want) in cases {
             assert_eq!(pids(judge(leader, holder, &candidates)), want, "{what}");
         }
+    }
+
+    /// Kills and reaps a process on drop, so a failed assert leaves nothing.
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    struct Reaped(i32);
+
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            // SAFETY: plain syscalls on a pid this test started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+
+    /// A member an exited leader left in its group is found through the
+    /// process table and proves itself by psm's marker; another service's
+    /// marker proves nothing (Linux: /proc; macOS: libproc and getsid).
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    #[test]
+    fn an_exited_leaders_marked_member_is_found_and_a_foreign_marker_is_not() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let marker = Marker::service(dir.path(), "web");
+        let pidfile = dir.path().join("member");
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("sleep 60 & echo $! > '{}'", pidfile.display()))
+            .envs(marker.env());
+        // SAFETY: setsid is async-signal-safe and touches no parent memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let leader = Identity::of(child.id() as i32).unwrap();
+        // The leader writes the member's pid, then exits; reaped, its number is free.
+        child.wait().unwrap();
+        let member_pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let _guard = Reaped(member_pid);
+        let member = Identity::of(member_pid).unwrap();
+        assert_eq!(
+            targets(leader, &marker),
+            Targets::Members(vec![member]),
+            "the marked member of the dead leader's group"
+        );
+        assert_eq!(
+            targets(leader, &Marker::service(dir.path(), "other")),
+            Targets::Nothing,
+            "another service's marker"
+        );
     }
 
     #[test]

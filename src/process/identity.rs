@@ -76,8 +76,9 @@ fn read_stat_bytes<T>(pid: i32, parse: fn(&[u8]) -> Option<T>) -> Option<T> {
     parse(&buf[..n])
 }
 
-/// The fields of `/proc/<pid>/stat` psm uses.
-#[cfg(target_os = "linux")]
+/// What psm reads of a process to judge descent: Linux's `/proc/<pid>/stat`
+/// fields, macOS's `proc_bsdinfo` plus `getsid`.
+#[cfg_attr(not(any(target_os = "linux", target_os = "macos")), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stat {
     pub ppid: i32,
@@ -118,28 +119,19 @@ fn parse_stat(stat: &[u8]) -> Option<ProcInfo> {
 #[cfg(target_os = "macos")]
 impl ProcInfo {
     pub fn read(pid: i32) -> Option<ProcInfo> {
-        // SAFETY: proc_bsdinfo is plain old data; proc_pidinfo writes at most
-        // `size` bytes into it and returns how many it wrote.
-        let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
-        let written = unsafe {
-            libc::proc_pidinfo(
-                pid,
-                libc::PROC_PIDTBSDINFO,
-                0,
-                &mut info as *mut _ as *mut libc::c_void,
-                size,
-            )
-        };
-        if written != size {
-            return None;
-        }
+        let info = super::macos::bsd_info(pid)?;
         Some(ProcInfo {
-            start_time: info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
+            start_time: super::macos::start_time(&info),
             pgid: info.pbi_pgid as i32,
             zombie: info.pbi_status == libc::SZOMB,
         })
     }
+}
+
+/// The descent fields of `pid`, if it exists (see `macos::stat`).
+#[cfg(target_os = "macos")]
+pub(crate) fn read_stat(pid: i32) -> Option<Stat> {
+    super::macos::stat(pid)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]

@@ -10,6 +10,21 @@
 /// buffer is too short to hold what it claims (a truncated or foreign buffer
 /// proves nothing, so it is not read as an empty environment).
 pub fn environment(buf: &[u8]) -> Option<Vec<&[u8]>> {
+    let (argc, strings) = strings(buf)?;
+    let env = strings.get(argc..)?;
+    Some(env.iter().copied().take_while(|s| !s.is_empty()).collect())
+}
+
+/// The arguments (`argv`, the program name first) of a `KERN_PROCARGS2`
+/// buffer, or `None` when it holds fewer than it claims.
+pub fn arguments(buf: &[u8]) -> Option<Vec<&[u8]>> {
+    let (argc, strings) = strings(buf)?;
+    strings.get(..argc).map(<[&[u8]]>::to_vec)
+}
+
+/// `argc` and the NUL-separated strings after the executable path and its
+/// padding.
+fn strings(buf: &[u8]) -> Option<(usize, Vec<&[u8]>)> {
     let argc = i32::from_ne_bytes(buf.get(..4)?.try_into().ok()?);
     let argc = usize::try_from(argc).ok()?;
     let mut rest = &buf[4..];
@@ -18,11 +33,19 @@ pub fn environment(buf: &[u8]) -> Option<Vec<&[u8]>> {
     rest = &rest[end..];
     let start = rest.iter().position(|&b| b != 0)?;
     rest = &rest[start..];
-    let mut strings = rest.split(|&b| b == 0);
-    for _ in 0..argc {
-        strings.next()?;
-    }
-    Some(strings.take_while(|s| !s.is_empty()).collect())
+    Some((argc, rest.split(|&b| b == 0).collect()))
+}
+
+/// The environment of a `KERN_PROCARGS2` buffer as one NUL-separated block,
+/// the layout of Linux's `/proc/<pid>/environ`, so the same readers
+/// (markers, `tree::environ_names`) serve both systems.
+pub fn environ_block(buf: &[u8]) -> Option<Vec<u8>> {
+    Some(
+        environment(buf)?
+            .into_iter()
+            .flat_map(|var| var.iter().copied().chain([0]))
+            .collect(),
+    )
 }
 
 /// The value of `name` in a `KERN_PROCARGS2` buffer's environment.
@@ -63,6 +86,16 @@ mod tests {
         assert_eq!(env_var(&buf, "PSM_SERVICE"), Some(b"web".as_slice()));
         assert_eq!(env_var(&buf, "PSM_ROOT"), Some(b"/r".as_slice()));
         assert_eq!(env_var(&buf, "PSM"), None, "a prefix is not a name");
+        assert_eq!(
+            arguments(&buf).unwrap(),
+            vec![b"sleep".as_slice(), b"PSM_ROOT=/not/env".as_slice()]
+        );
+        assert_eq!(
+            environ_block(&buf).unwrap(),
+            b"PSM_ROOT=/r\0PSM_SERVICE=web\0".to_vec()
+        );
+        let marker = super::super::Marker::service(std::path::Path::new("/r"), "web");
+        assert!(marker.matches(&environ_block(&buf).unwrap()));
     }
 
     #[test]
@@ -79,6 +112,8 @@ mod tests {
         assert_eq!(environment(&(-1i32).to_ne_bytes()), None);
         // Claims three arguments but holds one.
         assert_eq!(environment(&buffer(3, "/x", 0, &["x"], &[])), None);
+        assert_eq!(environ_block(b""), None);
+        assert_eq!(arguments(&buffer(3, "/x", 0, &["x"], &[])), None);
     }
 
     #[test]

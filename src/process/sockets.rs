@@ -3,8 +3,13 @@
 //!
 //! Linux: the LISTEN sockets of `/proc/net/tcp` and `/proc/net/tcp6` give
 //! each socket's inode; a process holds it when one of its `/proc/<pid>/fd`
-//! links reads `socket:[inode]`. Other systems have no such table here:
-//! `owner_check` says the owner cannot be checked.
+//! links reads `socket:[inode]`.
+//! macOS: each process's socket fds through `proc_pidfdinfo`
+//! (`PROC_PIDFDSOCKETINFO`), the kernel's socket handle standing in for the
+//! inode. There is no machine-wide table, so the listeners are those of
+//! every process this user can read: another user's listener is not seen
+//! (see docs/architecture.md, "Platforms").
+//! The rule that judges them (`owner_in_tree`) is the same on both.
 
 use std::net::IpAddr;
 
@@ -102,23 +107,58 @@ pub fn owner_check(ip: IpAddr, port: u16, leader: Identity) -> Owner {
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .flat_map(|text| parse_listeners(&text))
         .collect();
-    let candidates = could_accept(&listeners, ip, port);
+    owner_in_tree(&listeners, ip, port, leader, socket_inodes)
+}
+
+/// macOS: the listeners on `port` of every process this user can read.
+#[cfg(target_os = "macos")]
+pub fn owner_check(ip: IpAddr, port: u16, leader: Identity) -> Owner {
+    let listeners: Vec<Listener> = super::macos::all_pids()
+        .into_iter()
+        .flat_map(super::macos::listeners)
+        .filter(|l| l.port == port)
+        .collect();
+    let held = |pid| {
+        super::macos::listeners(pid)
+            .into_iter()
+            .map(|l| l.inode)
+            .collect()
+    };
+    owner_in_tree(&listeners, ip, port, leader, held)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+pub fn owner_check(_ip: IpAddr, _port: u16, _leader: Identity) -> Owner {
+    Owner::Unknown
+}
+
+/// The shared rule: of `listeners`, those that could accept `ip:port` must
+/// all be among the sockets (`held(pid)`: their inodes) of `leader`'s tree.
+#[cfg_attr(not(any(target_os = "linux", target_os = "macos")), allow(dead_code))]
+fn owner_in_tree(
+    listeners: &[Listener],
+    ip: IpAddr,
+    port: u16,
+    leader: Identity,
+    held: impl Fn(i32) -> Vec<u64>,
+) -> Owner {
+    let candidates = could_accept(listeners, ip, port);
     if candidates.is_empty() || !leader.is_alive() {
         return judge_owner(&candidates, &[]);
     }
     // Cheapest first: the leader itself, then its descendants; the whole
     // group (a process-table scan) only when those do not hold it all.
-    let mut owned = socket_inodes(leader.pid);
+    let mut owned = held(leader.pid);
     let tree = super::tree::descendants(leader);
     for member in &tree {
         if judge_owner(&candidates, &owned) == Owner::Service {
             break;
         }
-        owned.extend(socket_inodes(member.pid));
+        owned.extend(held(member.pid));
     }
     if judge_owner(&candidates, &owned) != Owner::Service {
         for member in super::group::live_members(leader) {
-            owned.extend(socket_inodes(member.pid));
+            owned.extend(held(member.pid));
         }
     }
     // Read after the fds: a leader whose pid changed hands meanwhile proves nothing.
@@ -128,9 +168,43 @@ pub fn owner_check(ip: IpAddr, port: u16, leader: Identity) -> Owner {
     judge_owner(&candidates, &owned)
 }
 
-#[cfg(not(target_os = "linux"))]
-pub fn owner_check(_ip: IpAddr, _port: u16, _leader: Identity) -> Owner {
-    Owner::Unknown
+/// What macOS's `socket_fdinfo` says of one socket, as plain numbers (the
+/// FFI layer in `macos.rs` fills it; the reading is here, tested everywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DarwinSocket {
+    /// `soi_kind`: `SOCKINFO_TCP` (2) for a TCP socket.
+    pub kind: i32,
+    /// `soi_family`: Darwin's `AF_INET` (2) or `AF_INET6` (30).
+    pub family: i32,
+    /// `tcpsi_state`: `TSI_S_LISTEN` (1) for a listener.
+    pub state: i32,
+    /// `insi_lport`: the port in network byte order, in an int.
+    pub local_port: i32,
+    /// `insi_laddr` as stored: an IPv4 address in the last 4 bytes.
+    pub local_addr: [u8; 16],
+    /// `soi_so`: the kernel's handle of the socket.
+    pub handle: u64,
+}
+
+/// The listener a Darwin socket is, if it is a listening TCP socket.
+pub fn darwin_listener(s: &DarwinSocket) -> Option<Listener> {
+    const SOCKINFO_TCP: i32 = 2;
+    const TSI_S_LISTEN: i32 = 1;
+    const AF_INET: i32 = 2;
+    const AF_INET6: i32 = 30;
+    if s.kind != SOCKINFO_TCP || s.state != TSI_S_LISTEN {
+        return None;
+    }
+    let ip = match s.family {
+        AF_INET => IpAddr::from(<[u8; 4]>::try_from(&s.local_addr[12..]).ok()?),
+        AF_INET6 => IpAddr::from(s.local_addr),
+        _ => return None,
+    };
+    Some(Listener {
+        ip,
+        port: u16::from_be(s.local_port as u16),
+        inode: s.handle,
+    })
 }
 
 /// The socket inodes `pid` holds open.
@@ -237,7 +311,42 @@ mod tests {
         }
     }
 
-    #[cfg(target_os = "linux")]
+    #[test]
+    fn darwin_sockets_read_as_listeners() {
+        let mut v4 = [0u8; 16];
+        v4[12..].copy_from_slice(&[127, 0, 0, 1]);
+        let v6: [u8; 16] = "::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        // The kernel stores the port's network-order bytes; read as a host int.
+        let port = |p: u16| i32::from(u16::from_ne_bytes(p.to_be_bytes()));
+        let sock = |kind, family, state, addr| DarwinSocket {
+            kind,
+            family,
+            state,
+            local_port: port(8080),
+            local_addr: addr,
+            handle: 0xfeed,
+        };
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::1".parse().unwrap();
+        let cases = [
+            ("tcp v4 listener", sock(2, 2, 1, v4), Some(lo)),
+            ("tcp v6 listener", sock(2, 30, 1, v6), Some(lo6)),
+            ("established, not listening", sock(2, 2, 4, v4), None),
+            ("udp (SOCKINFO_IN)", sock(1, 2, 1, v4), None),
+            ("unix socket", sock(3, 1, 1, v4), None),
+            ("unknown family", sock(2, 10, 1, v4), None),
+        ];
+        for (what, s, want) in cases {
+            let got = darwin_listener(&s);
+            assert_eq!(got.map(|l| l.ip), want, "{what}");
+            if let Some(l) = got {
+                assert_eq!((l.port, l.inode), (8080, 0xfeed), "{what}");
+            }
+        }
+    }
+
+    /// The whole check, on whichever system runs the tests.
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     #[test]
     fn our_own_listener_is_ours_and_a_childs_is_not_the_parents() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -257,10 +366,10 @@ mod tests {
         assert_eq!(owner_check(lo, port, me), Owner::Nobody);
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     struct Guard(std::process::Child);
 
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     impl Drop for Guard {
         fn drop(&mut self) {
             let _ = self.0.kill();
@@ -268,7 +377,7 @@ mod tests {
         }
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     fn scopeguard(c: std::process::Child) -> Guard {
         Guard(c)
     }

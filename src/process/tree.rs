@@ -120,19 +120,22 @@ pub fn reap_orphans(known: &std::collections::HashSet<i32>) -> Vec<i32> {
 /// itself (a service leader's tokio `wait`): the orphan reaper leaves them
 /// alone, so it never steals an exit status. A reaper must never
 /// `waitpid(-1)`.
-static OWN_CHILDREN: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+/// A set, so that claiming, releasing and asking stay cheap with thousands
+/// of services.
+static OWN_CHILDREN: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// Marks `pid` as a child its spawner waits for (see [`reap_inherited`]).
 pub fn claim_child(pid: i32) {
     if let Ok(mut own) = OWN_CHILDREN.lock() {
-        own.push(pid);
+        own.insert(pid);
     }
 }
 
 /// The spawner has reaped `pid`.
 pub fn release_child(pid: i32) {
     if let Ok(mut own) = OWN_CHILDREN.lock() {
-        own.retain(|&p| p != pid);
+        own.remove(&pid);
     }
 }
 
@@ -176,13 +179,19 @@ pub fn environ_has(environ: &[u8], key: &str) -> bool {
         .any(|kv| kv.starts_with(key.as_bytes()) && kv.get(key.len()) == Some(&b'='))
 }
 
-/// `pid`'s environment block, where the system lets us read it (Linux).
+/// `pid`'s environment block (NUL-separated), where the system lets us
+/// read it: Linux's `/proc/<pid>/environ`, macOS's `KERN_PROCARGS2`; both
+/// only for processes of the same user.
 pub fn environ(pid: i32) -> Option<Vec<u8>> {
     #[cfg(target_os = "linux")]
     {
         std::fs::read(format!("/proc/{pid}/environ")).ok()
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        super::macos::environ(pid)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let _ = pid;
         None
@@ -192,13 +201,22 @@ pub fn environ(pid: i32) -> Option<Vec<u8>> {
 /// The live orphans this process inherited as a subreaper (children nobody
 /// claimed) whose environment says they came from service `label` of
 /// `root`, oldest first. An orphan whose environment was cleared cannot be
-/// attributed this way and is not returned.
+/// attributed this way and is not returned. macOS has no subreaper: every
+/// orphan goes to launchd, so there the orphans are launchd's children.
 pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
-    let own = own_children();
-    let me = std::process::id() as i32;
-    let mut found: Vec<Identity> = children(me)
+    inherited_among(children(orphans_parent()), label, root)
+}
+
+/// `kids` without the children their spawner waits for.
+fn unclaimed(kids: Vec<i32>) -> Vec<i32> {
+    let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    kids.into_iter().filter(|pid| !own.contains(pid)).collect()
+}
+
+fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<Identity> {
+    let unclaimed = unclaimed(kids);
+    let mut found: Vec<Identity> = unclaimed
         .into_iter()
-        .filter(|pid| !own.contains(pid))
         .filter_map(|pid| {
             let info = ProcInfo::read(pid).filter(|i| !i.zombie)?;
             let env = environ(pid)?;
@@ -210,6 +228,16 @@ pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
         .collect();
     found.sort_by_key(|id| id.start_time);
     found
+}
+
+/// Whose children an orphan of a service becomes: this process where it is
+/// a subreaper (Linux), launchd (pid 1) on macOS.
+fn orphans_parent() -> i32 {
+    if cfg!(target_os = "macos") {
+        1
+    } else {
+        std::process::id() as i32
+    }
 }
 
 /// Ends, identity-checked, every live process this subreaper inherited

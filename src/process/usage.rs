@@ -307,7 +307,7 @@ mod platform {
     use std::collections::HashMap;
 
     use super::ProcStat;
-    use crate::process::macos;
+    use crate::process::macos::{self, pidinfo};
 
     pub fn read_all() -> HashMap<i32, ProcStat> {
         let (numer, denom) = timebase();
@@ -317,8 +317,8 @@ mod platform {
         macos::all_pids()
             .into_iter()
             .filter_map(|pid| {
-                let bsd: libc::proc_bsdinfo = pidinfo(pid, libc::PROC_PIDTBSDINFO)?;
-                let start_time = bsd.pbi_start_tvsec * 1_000_000 + bsd.pbi_start_tvusec;
+                let bsd = macos::bsd_info(pid)?;
+                let start_time = macos::start_time(&bsd);
                 // Another user's task info is not readable: it costs nothing
                 // that psm could attribute anyway.
                 let task: Option<libc::proc_taskinfo> = pidinfo(pid, libc::PROC_PIDTASKINFO);
@@ -358,17 +358,6 @@ mod platform {
         } else {
             (base.numer as u64, base.denom as u64)
         }
-    }
-
-    /// One `proc_pidinfo` query of a plain-data struct `T`.
-    fn pidinfo<T>(pid: i32, flavor: libc::c_int) -> Option<T> {
-        let mut info = std::mem::MaybeUninit::<T>::zeroed();
-        let size = std::mem::size_of::<T>() as libc::c_int;
-        // SAFETY: T is plain old data; the kernel writes at most `size`
-        // bytes and returns how many it wrote.
-        let written = unsafe { libc::proc_pidinfo(pid, flavor, 0, info.as_mut_ptr().cast(), size) };
-        // SAFETY: fully written when the kernel says so.
-        (written == size).then(|| unsafe { info.assume_init() })
     }
 }
 

@@ -108,6 +108,9 @@ pub struct ServiceHealth {
     /// The record's `lastExit`, as recorded: why it last ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<serde_json::Value>,
+    /// For a `waiting` service, what it waits for: `waiting for db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// One session as `status` shows it.
@@ -463,6 +466,7 @@ pub fn health_with(registry: &Registry, alive: impl Fn(Identity) -> bool) -> Hea
                 cpu: None,
                 rss: None,
                 last_exit: r.last_exit().cloned(),
+                waiting: r.waiting_reason(),
             }
         })
         .collect();

@@ -191,8 +191,14 @@ fn running() -> String {
 
 /// The status strings psm writes. Others (written by other tools) are kept as is.
 pub mod status {
+    /// Running and ready: its probe has passed (or, without one, it stayed
+    /// up for its start period).
     pub const RUNNING: &str = "running";
+    /// Spawned, not yet ready.
     pub const STARTING: &str = "starting";
+    /// Not started: held back until its dependencies are ready. The record
+    /// has no process; `metadata.waiting` says for what.
+    pub const WAITING: &str = "waiting";
     pub const BACKOFF: &str = "backoff";
     pub const FAILED: &str = "failed";
     pub const STOPPED: &str = "stopped";
@@ -370,6 +376,16 @@ impl ServiceRecord {
     /// string (as the job example writes), at the top level or in metadata.
     pub fn last_exit_reason(&self) -> Option<String> {
         exit_reason(self.last_exit()?).map(str::to_string)
+    }
+
+    /// What a `waiting` service waits for (`waiting for db`); `None` for
+    /// any other status.
+    pub fn waiting_reason(&self) -> Option<String> {
+        if self.status != status::WAITING {
+            return None;
+        }
+        let reason = self.metadata.get(status::WAITING).and_then(Value::as_str);
+        Some(reason.unwrap_or("waiting for its dependencies").to_string())
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::messages::{ProbeHealth, RestartService, StopService};
+use super::messages::{ProbeHealth, ReadinessChanged, RestartService, StopService};
 use crate::config::Instance;
 use crate::paths::Paths;
 use crate::registry::{RegistryHandle, ServiceRecord};
@@ -36,6 +36,9 @@ pub struct KindContext {
     /// The record a previous coordinator left for this instance, if its
     /// process still runs: adopt it rather than start a duplicate.
     pub adopt: Option<ServiceRecord>,
+    /// Where to report readiness ([`ReadinessChanged`]). A kind that never
+    /// reports is taken as ready once started.
+    pub readiness: Option<Recipient<ReadinessChanged>>,
 }
 
 /// How the coordinator talks to the actor supervising one instance.

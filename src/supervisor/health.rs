@@ -33,9 +33,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Healthy when `host:port` accepts a TCP connection within a second *and*
 /// the listening socket belongs to the service's process tree (`leader`, its
-/// descendants and its group; Linux). Something else answering on the port
-/// is a failure, not health. Where the owner cannot be read (macOS) the
-/// connection alone decides.
+/// descendants and its group; Linux and macOS). Something else answering on
+/// the port is a failure, not health. Where the owner cannot be read (other
+/// systems) the connection alone decides.
 pub async fn probe_port(host: &str, port: u16, leader: Identity) -> Result<(), String> {
     let connect = tokio::net::TcpStream::connect((host, port));
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {

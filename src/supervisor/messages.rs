@@ -6,6 +6,30 @@
 use actix::prelude::*;
 use serde_json::Value;
 
+use crate::registry::ServiceKey;
+
+/// Service actor → coordinator: the instance's readiness changed. The
+/// coordinator starts the services waiting for it and restarts those that
+/// `restart-with` it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ReadinessChanged {
+    pub key: ServiceKey,
+    pub readiness: Readiness,
+}
+
+/// Whether an instance's current run can be depended on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Its probe passed once (or, without one, it stayed up for its start
+    /// period).
+    Ready,
+    /// Spawned and not ready yet, or between runs (backoff).
+    NotReady,
+    /// Given up after too many failures; the text says why.
+    Failed(String),
+}
+
 /// Coordinator → service actor: stop the process; reply once it is gone and
 /// the registry says so. With `keep_record`, the record stays as `stopped`
 /// (a user's `psm stop`); otherwise it is removed (`down`, reload).

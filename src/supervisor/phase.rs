@@ -14,6 +14,8 @@
 //! ```
 //!
 //! `Stopped` is final: the actor ends once it has written its last record.
+//! Readiness within `Running` (recorded `starting` until ready, then
+//! `running`) is decided by [`ready_when`] and [`probe_failure_counts`].
 //! Events that cannot happen in a phase (an exit with no process, a stale
 //! timer) are refused with [`Invalid`]; the actor ignores them.
 
@@ -162,6 +164,35 @@ impl Lifecycle {
             (phase, event) => Err(Invalid { phase, event }),
         }
     }
+}
+
+/// When a run becomes ready (recorded `running` rather than `starting`, and
+/// its dependents may start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyWhen {
+    /// Now.
+    Now,
+    /// Once it has stayed up this much longer.
+    After(Duration),
+    /// When its health probe first passes.
+    ProbePasses,
+}
+
+/// Readiness of a run that has been up for `up`: with a probe, its first
+/// pass; without, the end of the start period (Docker's `start-period`,
+/// systemd's `Type=simple` when it is zero).
+pub fn ready_when(has_probe: bool, start_period: Duration, up: Duration) -> ReadyWhen {
+    match start_period.checked_sub(up) {
+        _ if has_probe => ReadyWhen::ProbePasses,
+        Some(left) if !left.is_zero() => ReadyWhen::After(left),
+        _ => ReadyWhen::Now,
+    }
+}
+
+/// Whether a failed probe counts (kills the run): not within the start
+/// period, where probes run only to find the run ready early.
+pub fn probe_failure_counts(start_period: Duration, up: Duration) -> bool {
+    up >= start_period
 }
 
 #[cfg(test)]
@@ -358,6 +389,34 @@ mod tests {
                     "{phase:?} on {event:?} → {to:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn readiness() {
+        let table = [
+            (true, MS(0), MS(0), ReadyWhen::ProbePasses),
+            (true, MS(500), MS(100), ReadyWhen::ProbePasses),
+            (false, MS(0), MS(0), ReadyWhen::Now),
+            (false, MS(500), MS(100), ReadyWhen::After(MS(400))),
+            (false, MS(500), MS(500), ReadyWhen::Now),
+            // An adopted run older than its start period.
+            (false, MS(500), MS(9000), ReadyWhen::Now),
+        ];
+        for (probe, period, up, want) in table {
+            assert_eq!(
+                ready_when(probe, period, up),
+                want,
+                "{probe} {period:?} {up:?}"
+            );
+        }
+        let counts = [
+            (MS(0), MS(0), true),
+            (MS(500), MS(499), false),
+            (MS(500), MS(500), true),
+        ];
+        for (period, up, want) in counts {
+            assert_eq!(probe_failure_counts(period, up), want, "{period:?} {up:?}");
         }
     }
 

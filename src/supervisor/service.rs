@@ -33,8 +33,8 @@ use tracing::{debug, error, info, warn};
 
 use super::fingerprint::{spec_hash, SPEC_HASH_KEY};
 use super::health;
-use super::messages::{ProbeHealth, RestartService, StopService};
-use super::phase::{Action, Event, Lifecycle, Phase};
+use super::messages::{ProbeHealth, Readiness, ReadinessChanged, RestartService, StopService};
+use super::phase::{probe_failure_counts, ready_when, Action, Event, Lifecycle, Phase, ReadyWhen};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
 use crate::process::{
@@ -104,6 +104,10 @@ pub struct ServiceActor {
     probe_failure: Option<String>,
     /// The last probe's time and outcome, for `psm status <service>`.
     last_probe: Option<(u64, Result<(), String>)>,
+    /// The current run is ready (recorded `running`, else `starting`).
+    ready: bool,
+    /// The coordinator, told when `ready` changes or the service gives up.
+    readiness: Option<Recipient<ReadinessChanged>>,
     span: tracing::Span,
 }
 
@@ -133,8 +137,58 @@ impl ServiceActor {
             exits: VecDeque::new(),
             probe_failure: None,
             last_probe: None,
+            ready: false,
+            readiness: ctx.readiness,
             span,
         }
+    }
+
+    /// `running` once the run is ready, `starting` before.
+    fn run_status(&self) -> &'static str {
+        if self.ready {
+            status::RUNNING
+        } else {
+            status::STARTING
+        }
+    }
+
+    fn tell(&self, readiness: Readiness) {
+        if let Some(to) = &self.readiness {
+            to.do_send(ReadinessChanged {
+                key: self.inst.key.clone(),
+                readiness,
+            });
+        }
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        if std::mem::replace(&mut self.ready, ready) != ready {
+            self.tell(if ready {
+                Readiness::Ready
+            } else {
+                Readiness::NotReady
+            });
+        }
+    }
+
+    /// Without a probe, a run is ready once it has stayed up for the start
+    /// period (`up` of it has passed already); with one, when the probe
+    /// first passes (`probed`).
+    fn await_readiness(&mut self, up: Duration, ctx: &mut Context<Self>) {
+        let spec = &self.inst.spec;
+        let left = match ready_when(spec.health.is_some(), spec.start_period, up) {
+            ReadyWhen::ProbePasses => return,
+            ReadyWhen::Now => return self.set_ready(true),
+            ReadyWhen::After(left) => left,
+        };
+        let generation = self.generation;
+        ctx.run_later(left, move |act, _| {
+            let current = act.run.is_some_and(|r| r.generation == generation);
+            if current && act.state.phase == Phase::Running && !act.ready {
+                act.set_ready(true);
+                act.persist(status::RUNNING);
+            }
+        });
     }
 
     /// The environment marker of this instance's processes (`process::group`).
@@ -273,7 +327,9 @@ impl ServiceActor {
         info!(pid, attempt = self.state.failures, "started");
         // We wait for it ourselves: the orphan reaper must leave it alone.
         crate::process::tree::claim_child(pid);
-        self.persist(status::RUNNING);
+        self.set_ready(false);
+        self.await_readiness(Duration::ZERO, ctx);
+        self.persist(self.run_status());
         ctx.spawn(
             async move {
                 let exit = match child.wait().await {
@@ -315,7 +371,14 @@ impl ServiceActor {
             .and_then(Value::as_str)
             .map(str::to_string);
         info!(parent: &self.span, pid = identity.pid, "adopted");
-        self.persist(status::RUNNING);
+        // A run a previous coordinator recorded ready stays ready: its
+        // dependents may be running on it already.
+        if record.status == status::RUNNING {
+            self.set_ready(true);
+        } else {
+            self.await_readiness(age, ctx);
+        }
+        self.persist(self.run_status());
         self.watch_unowned(
             identity,
             generation,
@@ -431,6 +494,7 @@ impl ServiceActor {
         }
         let how = exit.reason.clone();
         self.record_exit(exit);
+        self.set_ready(false);
         let uptime = run.started.elapsed();
         self.on(Event::Exited { uptime }, &how, ctx);
     }
@@ -449,7 +513,7 @@ impl ServiceActor {
             ..ended
         });
         info!(parent: &self.span, how, pid = daemon.pid, "leader exited; its daemon carries the service on");
-        self.persist(status::RUNNING);
+        self.persist(self.run_status());
         self.watch_unowned(
             daemon,
             generation,
@@ -511,6 +575,10 @@ impl ServiceActor {
                     "exited; giving up until `psm restart`"
                 );
                 self.persist(status::FAILED);
+                self.tell(Readiness::Failed(format!(
+                    "failed after {} attempts, last {how}",
+                    next.failures
+                )));
             }
             Action::SignalStop => {
                 if let Some(run) = self.run {
@@ -536,7 +604,10 @@ impl ServiceActor {
         // it continuously (our child's wait, an adopted process's pidfd, or
         // the 500 ms identity poll), and reports a death at once. Reading it
         // again per round was 15 % of the daemon's idle CPU.
-        if run.started.elapsed() < self.inst.spec.start_period {
+        // Within the start period a probe still runs: its first pass makes
+        // the run ready (dependents start), its failures do not count. A
+        // service without a probe is ready once the period is over.
+        if run.started.elapsed() < self.inst.spec.start_period && self.inst.spec.health.is_none() {
             return;
         }
         let generation = run.generation;
@@ -595,7 +666,12 @@ impl ServiceActor {
         match result {
             // The whole record, not just a stamp: a registry that lost it
             // (moved aside, edited) has it back within one interval.
-            Ok(()) => self.persist(status::RUNNING),
+            Ok(()) => {
+                self.set_ready(true);
+                self.persist(status::RUNNING);
+            }
+            Err(_) if !probe_failure_counts(self.inst.spec.start_period, run.started.elapsed()) => {
+            }
             Err(reason) => {
                 run.probe_failed = true;
                 let identity = run.identity;
@@ -832,7 +908,7 @@ fn exit_record(time: u64, code: Option<i32>, signal: Option<i32>) -> ExitRecord 
 /// it in the background when it exits.
 fn start_stamper(log: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::unix::process::CommandExt;
-    let (reader, writer) = cloexec_pipe()?;
+    let (reader, writer) = crate::process::spawn::cloexec_pipe()?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("log-stamp")
         .arg(log)
@@ -849,29 +925,6 @@ fn start_stamper(log: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd>
     }
     tokio::process::Command::from(cmd).spawn()?;
     Ok(writer)
-}
-
-/// A pipe whose ends are close-on-exec: no other spawn inherits either,
-/// or the stamper would never see the end of its input.
-#[cfg(target_os = "linux")]
-fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
-}
-
-/// macOS has no `pipe2`: the flag is set just after. A spawn on another
-/// thread in between could inherit an end; the coordinator spawns services
-/// from its actor thread, one at a time.
-#[cfg(not(target_os = "linux"))]
-fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let (reader, writer) = nix::unistd::pipe()?;
-    for fd in [&reader, &writer] {
-        fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(fd),
-            FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC),
-        )?;
-    }
-    Ok((reader, writer))
 }
 
 /// Resolves when the (not our child) process `identity` exits.

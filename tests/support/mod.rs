@@ -238,8 +238,12 @@ impl Root {
 
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp root");
+        // psm canonicalises its root; so do the tests, or macOS's temp dir
+        // (/var → /private/var) would name another path than psm's records,
+        // environment markers and socket.
+        let root = dir.path().canonicalize().expect("canonical temp root");
         Root {
-            root: dir.path().to_path_buf(),
+            root,
             dir,
             reaper: Reaper::default(),
         }
@@ -277,6 +281,8 @@ impl Root {
             .env_remove("CODING_REPO")
             .env_remove("PSM_SESSION_ID")
             .stdin(Stdio::null());
+        #[cfg(target_os = "macos")]
+        c.env("PATH", setsid_shim::path());
         c
     }
 
@@ -368,26 +374,70 @@ fn kill_processes_naming(roots: &[&Path]) -> usize {
 }
 
 /// Whether `pid` runs `psm … coordinator` with `root` among its arguments.
-#[cfg(target_os = "linux")]
-fn runs_coordinator_of(pid: i32, root: &Path) -> bool {
+pub fn runs_coordinator_of(pid: i32, root: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+    let Some(args) = argv(pid) else {
         return false;
     };
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let canonical = fs::canonicalize(root).ok();
     let roots: Vec<&[u8]> = [Some(root), canonical.as_deref()]
         .into_iter()
         .flatten()
         .map(|r| r.as_os_str().as_bytes())
         .collect();
-    args.contains(&b"coordinator".as_slice()) && args.iter().any(|a| roots.contains(a))
+    args.iter().any(|a| a == b"coordinator") && args.iter().any(|a| roots.contains(&a.as_slice()))
 }
 
-/// Elsewhere the pid's liveness is all the helpers check.
-#[cfg(not(target_os = "linux"))]
-fn runs_coordinator_of(_pid: i32, _root: &Path) -> bool {
-    true
+/// Waits for `rounds` more coordinator heartbeats: the health rounds that
+/// would have noticed an exit, or failed a probe, and restarted a service.
+pub fn heartbeats(root: &Root, rounds: usize) {
+    let beat = |r: &Root| r.global(psm::coordinator::COORDINATOR_NAME)["lastHealthCheck"].as_u64();
+    for _ in 0..rounds {
+        let first = beat(root);
+        wait_until(Duration::from_secs(20), "a later heartbeat", || {
+            if beat(root) > first {
+                Ok(())
+            } else {
+                Err(first)
+            }
+        });
+    }
+}
+
+/// The arguments of `pid` (`argv`, program first), for processes of this user.
+#[cfg(target_os = "linux")]
+pub fn argv(pid: i32) -> Option<Vec<Vec<u8>>> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args: Vec<Vec<u8>> = cmdline.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+    // The block ends with a NUL, which leaves an empty last piece.
+    if args.last().is_some_and(Vec::is_empty) {
+        args.pop();
+    }
+    Some(args)
+}
+
+#[cfg(target_os = "macos")]
+pub fn argv(pid: i32) -> Option<Vec<Vec<u8>>> {
+    psm::process::macos::argv(pid)
+}
+
+/// The state letter of `pid` as `ps` shows it (R, S, T stopped, Z zombie).
+#[cfg(target_os = "linux")]
+pub fn state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[cfg(target_os = "macos")]
+pub fn state(pid: i32) -> Option<char> {
+    psm::process::macos::state(pid)
+}
+
+/// The session id of `pid`.
+pub fn session_of(pid: i32) -> Option<i32> {
+    // SAFETY: a plain syscall; -1 means no such process.
+    let sid = unsafe { libc::getsid(pid) };
+    (sid >= 0).then_some(sid)
 }
 
 /// Every pid on the machine.
@@ -563,4 +613,44 @@ pub fn steer_pids(wait: bool) -> Option<fs::File> {
         fs2::FileExt::try_lock_exclusive(&file)
     };
     locked.ok().map(|()| file)
+}
+
+/// macOS has no `setsid(1)`, which test services use to leave their group:
+/// a shim (Perl's `POSIX::setsid`, then `exec`, as util-linux does) goes
+/// first on the `PATH` of every psm the helpers run, so the services they
+/// start find it.
+#[cfg(target_os = "macos")]
+mod setsid_shim {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    const SHIM: &str = r#"#!/usr/bin/perl
+# setsid(1) for the tests on macOS: a new session (forking first when the
+# caller leads its group, as util-linux does), then exec.
+use POSIX ();
+if (!defined POSIX::setsid()) {
+    exit 0 if fork();
+    defined POSIX::setsid() or die "setsid: $!\n";
+}
+exec { $ARGV[0] } @ARGV or die "setsid: $ARGV[0]: $!\n";
+"#;
+
+    /// `PATH` with the shim's directory first. The directory lives as
+    /// long as the test process (a static is never dropped): one small
+    /// temp dir per test binary.
+    pub fn path() -> std::ffi::OsString {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        let dir = DIR.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("shim dir").keep();
+            let shim = dir.join("setsid");
+            std::fs::write(&shim, SHIM).expect("write the setsid shim");
+            std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755))
+                .expect("shim mode");
+            dir
+        });
+        let rest = std::env::var_os("PATH").unwrap_or_default();
+        std::env::join_paths(std::iter::once(dir.clone()).chain(std::env::split_paths(&rest)))
+            .expect("PATH")
+    }
 }
