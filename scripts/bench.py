@@ -354,7 +354,8 @@ class Tool:
     def read_pid(self, path):
         raw = read(path)
         try:
-            pid = int(raw.strip()) if raw else None
+            # The coordinator lock holds "<pid> <start time>".
+            pid = int(raw.split()[0]) if raw and raw.split() else None
         except ValueError:
             return None
         return pid if pid and alive(pid) else None

@@ -53,6 +53,9 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for a new coordinator's heartbeat.
 const RECOVERY_WAIT: Duration = Duration::from_secs(10);
+/// How long after the coordinator it started has exited the watchdog still
+/// looks for another one (proved by the lock) whose heartbeat it may await.
+const HOLDER_GRACE: Duration = Duration::from_millis(500);
 
 /// What the watchdog concluded about the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -147,6 +150,10 @@ pub struct Report {
 pub enum WatchdogError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The config a new coordinator would start from is unusable (a FIFO,
+    /// a directory, bad TOML): nothing was killed or started.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// How old a heartbeat may be: `flag` if given, else twice the interval the
@@ -258,6 +265,30 @@ fn recover(
     judgement: Judgement,
     default_config: PathBuf,
 ) -> Result<Report, WatchdogError> {
+    let config = record
+        .and_then(|r| r.metadata.get("config"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .unwrap_or(default_config);
+    // The new coordinator would refuse a config it cannot read (a FIFO, a
+    // directory, bad TOML) and die in the background: refuse it here, at
+    // once and in one line, before ending the old one. A missing file is the
+    // coordinator's to judge (the default one means "no services").
+    match crate::config::Config::load(&config) {
+        Ok(_) | Err(crate::config::ConfigError::Missing(_)) => {}
+        Err(e) => {
+            let problem = format!("{:#}", anyhow::Error::from(e));
+            log_line(
+                paths,
+                &Report {
+                    judgement,
+                    action: format!("none: {problem}"),
+                    ok: false,
+                },
+            );
+            return Err(WatchdogError::Config(problem));
+        }
+    }
     let mut actions = Vec::new();
     // Only a hung coordinator is still there to end, and only if it is the
     // very process recorded (`wrong_process` means a stranger has the pid).
@@ -282,20 +313,22 @@ fn recover(
                 ok: true,
             });
         }
-        // Holding the lock is what makes it the coordinator; its identity
-        // is taken now, right before the signal.
-        if let Some(identity) = Identity::of(holder) {
-            if signal_tree(identity, None, Signal::SIGKILL) {
-                actions.push(format!("killed unresponsive coordinator pid {holder}"));
-                wait_gone(identity);
+        // Holding the lock is what makes it the coordinator, but the file
+        // may still name a dead predecessor's pid, now a stranger's, in the
+        // instant before a new holder overwrites it: only a holder whose
+        // identity the lock file and the kernel prove is signalled.
+        match CoordinatorLock::proven_holder(paths).filter(|id| id.pid == holder) {
+            Some(identity) => {
+                if signal_tree(identity, None, Signal::SIGKILL) {
+                    actions.push(format!("killed unresponsive coordinator pid {holder}"));
+                    wait_gone(identity);
+                }
             }
+            None => actions.push(format!(
+                "left pid {holder} alone: the lock file does not prove it holds the lock"
+            )),
         }
     }
-    let config = record
-        .and_then(|r| r.metadata.get("config"))
-        .and_then(Value::as_str)
-        .map(PathBuf::from)
-        .unwrap_or(default_config);
     let started = now_millis();
     // With --respect-down: should `psm down` run while we recover, the new
     // coordinator sees its mark and starts nothing.
@@ -325,12 +358,12 @@ fn recover(
     if let Some(pid) = healthy {
         actions.push(format!("coordinator pid {pid} healthy"));
         record_restart(store, &judgement)?;
-    } else if spawned.is_ok() {
-        actions.push(format!(
-            "no heartbeat within {}s; see {}",
-            RECOVERY_WAIT.as_secs(),
-            paths.coordinator_log().display()
-        ));
+    } else if let Ok(child) = &mut spawned {
+        let what = match child.try_wait() {
+            Ok(Some(status)) => format!("it exited ({status}) without a heartbeat"),
+            _ => format!("no heartbeat within {}s", RECOVERY_WAIT.as_secs()),
+        };
+        actions.push(format!("{what}; see {}", paths.coordinator_log().display()));
     }
     Ok(Report {
         judgement,
@@ -358,9 +391,19 @@ fn wait_heartbeat(
 ) -> Option<i32> {
     let key = ServiceKey::global(COORDINATOR_NAME);
     let deadline = Instant::now() + RECOVERY_WAIT;
+    let mut child_gone: Option<Instant> = None;
     while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) && DownMark::read(paths).is_some() {
-            return None;
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            if DownMark::read(paths).is_some() {
+                return None;
+            }
+            // Ours died (see its log) or found another holding the lock:
+            // only a holder proved to be a coordinator may still beat. One
+            // that took the lock a moment ago gets a moment to write itself.
+            let since = *child_gone.get_or_insert_with(Instant::now);
+            if since.elapsed() >= HOLDER_GRACE && CoordinatorLock::proven_holder(paths).is_none() {
+                return None;
+            }
         }
         if let Ok(reg) = store.read_within(LOCK_PATIENCE) {
             if let Some(r) = reg.get(&key) {

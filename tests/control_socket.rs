@@ -364,3 +364,101 @@ fn a_long_conversation_is_not_cut_off() {
     assert_eq!(lines(&root, "runs").len(), 1);
     root.ok(&["down"]);
 }
+
+/// What sits where the control socket goes decides what a starting
+/// coordinator (which holds the lock) does with it: a dead coordinator's
+/// socket (nobody answers) is replaced; a regular file, a FIFO, a symlink or
+/// a socket someone answers on is left as it is, and the coordinator refuses
+/// to start with one line naming the path.
+#[test]
+fn only_a_dead_socket_is_replaced_at_the_control_sockets_path() {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    type Plant = fn(&std::path::Path, &Root) -> Option<std::os::unix::net::UnixListener>;
+    let cases: [(&str, Plant, &str); 5] = [
+        (
+            "a dead coordinator's socket",
+            |p, _| {
+                drop(std::os::unix::net::UnixListener::bind(p).unwrap());
+                None
+            },
+            "",
+        ),
+        (
+            "a regular file",
+            |p, _| {
+                fs::write(p, "keep me").unwrap();
+                None
+            },
+            "regular file",
+        ),
+        (
+            "a FIFO",
+            |p, _| {
+                nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+                None
+            },
+            "FIFO",
+        ),
+        (
+            "a symlink",
+            |p, root| {
+                fs::write(root.file("target"), "keep me").unwrap();
+                std::os::unix::fs::symlink(root.file("target"), p).unwrap();
+                None
+            },
+            "symbolic link",
+        ),
+        (
+            "a socket someone answers on",
+            |p, _| Some(std::os::unix::net::UnixListener::bind(p).unwrap()),
+            "answers",
+        ),
+    ];
+    for (what, plant, refusal) in cases {
+        let root = Root::new();
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(root.file(".psm"))
+            .unwrap();
+        let path = socket(&root);
+        let _listener = plant(&path, &root);
+        let kind_before = fs::symlink_metadata(&path).unwrap().file_type();
+        let mut cmd = root.cmd();
+        cmd.arg("coordinator");
+        if refusal.is_empty() {
+            let child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
+            let _guard = support::Children(vec![child]);
+            wait_until(LIMIT, "the coordinator answers on its socket", || {
+                UnixStream::connect(&path).map(drop).map_err(|e| e.kind())
+            });
+            continue;
+        }
+        let out = support::output_within(cmd, LIMIT, &format!("{what}: psm coordinator ends"));
+        let err = support::stderr(&out);
+        assert!(!out.status.success(), "{what}: it started: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(err.contains(refusal), "{what}: {err}");
+        let kind_after = fs::symlink_metadata(&path).unwrap().file_type();
+        assert_eq!(
+            (
+                kind_after.is_socket(),
+                kind_after.is_file(),
+                kind_after.is_symlink(),
+                kind_after.is_fifo()
+            ),
+            (
+                kind_before.is_socket(),
+                kind_before.is_file(),
+                kind_before.is_symlink(),
+                kind_before.is_fifo()
+            ),
+            "{what}: left as it was"
+        );
+        if kind_after.is_symlink() {
+            assert_eq!(root.read("target"), "keep me");
+        }
+        if kind_after.is_file() {
+            assert_eq!(root.read(".psm/coordinator.sock"), "keep me");
+        }
+    }
+}

@@ -228,7 +228,8 @@ fn a_root_at_the_socket_length_edge_works_on_both_sides() {
         };
         let up = psm(&["up"], LIMIT);
         if let Ok(pid) = fs::read_to_string(root.join(".psm/coordinator.lock")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
+            // "<pid> <start time>": the pid is the first word.
+            if let Some(Ok(pid)) = pid.split_whitespace().next().map(str::parse::<i32>) {
                 base.reaper.pid(pid);
             }
         }

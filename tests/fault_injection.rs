@@ -151,9 +151,28 @@ impl Drop for Stranger {
 /// Tries to make the kernel hand `pid` to a new stranger (Linux, root only):
 /// the next pid allocated after a write of `pid - 1` to ns_last_pid. Other
 /// processes fork too, so it may miss; then the stranger is still a stranger.
-fn stranger_on(dir: &Path, n: usize, pid: i32) -> Stranger {
-    let _ = fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1));
-    Stranger::spawn(dir, n)
+///
+/// Only while no other test steers the counter (`support::steer_pids`), and
+/// never in the clock tick the victim started in: a process on the victim's
+/// pid with the victim's start time *is* the victim to anyone reading the
+/// process table (pid + start time in 10 ms ticks is the identity), so psm
+/// could not tell it apart, and it would be no stranger.
+fn stranger_on(dir: &Path, n: usize, pid: i32, victim_start: u64) -> Stranger {
+    let _steering = support::steer_pids(false);
+    if _steering.is_some() {
+        let _ = fs::write(support::NS_LAST_PID, format!("{}", pid - 1));
+    }
+    let mut stranger = Stranger::spawn(dir, n);
+    while stranger.pid() == pid && start_time(pid) == Some(victim_start) {
+        drop(stranger);
+        // Nothing happens in this sleep: it lets the clock tick on.
+        thread::sleep(Duration::from_millis(10));
+        if _steering.is_some() {
+            let _ = fs::write(support::NS_LAST_PID, format!("{}", pid - 1));
+        }
+        stranger = Stranger::spawn(dir, n);
+    }
+    stranger
 }
 
 /// Live processes of this root: (pid, PSM_SERVICE label if any, leads its group).
@@ -343,6 +362,9 @@ fn random_fault(root: &Root, rng: &mut Rng, strangers: &Mutex<Vec<Stranger>>, n:
     };
     let victim = victim.filter(|v| !strangers.lock().unwrap().iter().any(|s| s.pid() == *v));
     let Some(victim) = victim else { return };
+    let Some(victim_start) = start_time(victim) else {
+        return;
+    };
     unsafe { libc::kill(victim, libc::SIGKILL) };
     // Once the victim is reaped its pid is free: hand it to a stranger, which
     // leads its own group as a shell job would.
@@ -352,7 +374,7 @@ fn random_fault(root: &Root, rng: &mut Rng, strangers: &Mutex<Vec<Stranger>>, n:
     }
     if start_time(victim).is_none() {
         *n += 1;
-        let stranger = stranger_on(root.path(), *n, victim);
+        let stranger = stranger_on(root.path(), *n, victim, victim_start);
         if stranger.pid() == victim {
             eprintln!("stranger planted on reused pid {victim}");
         }

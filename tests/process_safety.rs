@@ -6,7 +6,8 @@
 //! to /proc/sys/kernel/ns_last_pid (root only). Other processes on the
 //! machine fork too, so placing a stranger is retried; without root or a
 //! writable ns_last_pid these tests print a note and pass without checking.
-//! They fight over pid allocation, so they run one at a time.
+//! They fight over pid allocation, so they run one at a time; the rest of
+//! the file runs beside them.
 
 mod support;
 
@@ -14,13 +15,6 @@ use std::fs;
 use std::time::Duration;
 
 use support::Root;
-
-/// One test at a time: each stranger test steers the kernel's next pid, so
-/// every test of this file takes it. The health tests' reason: their coordinators restart a service every
-/// 50 ms, and a pid recycled that fast beside a steered one made the stranger
-/// tests fail in parallel runs (see docs/architecture.md: the window between
-/// judging a group and `killpg`).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The stranger tests: Linux, where a pid can be handed out on purpose.
 #[cfg(target_os = "linux")]
@@ -34,19 +28,20 @@ mod strangers {
 
     use super::support::{self, alive, wait_for, Root, FAST, PSM};
 
-    const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    use super::support::NS_LAST_PID;
 
-    /// Takes the serial lock and checks the preconditions; `None` (after a
-    /// printed note) when the pid cannot be steered here.
-    fn steering() -> Option<std::sync::MutexGuard<'static, ()>> {
-        let guard = super::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes the pid counter for this test and checks the preconditions;
+    /// `None` (after a printed note) when the pid cannot be steered here.
+    ///
+    /// The stranger tests run one at a time, machine-wide
+    /// (`support::steer_pids`): two at once would take each other's numbers.
+    /// Nothing else is serialised: the other tests of this file run beside
+    /// them. A stranger sharing its service's start tick, not a neighbour,
+    /// was what once killed strangers in parallel runs (see `stranger_at`).
+    fn steering() -> Option<fs::File> {
         let root = unsafe { libc::geteuid() } == 0;
-        if !root
-            || fs::OpenOptions::new()
-                .write(true)
-                .open(NS_LAST_PID)
-                .is_err()
-        {
+        let guard = root.then(|| support::steer_pids(true)).flatten();
+        if guard.is_none() {
             eprintln!(
                 "note: skipped, needs root and a writable {NS_LAST_PID} to hand a pid to a stranger"
             );
@@ -55,7 +50,7 @@ mod strangers {
         // Orphaned services (their `psm session spawn` or coordinator gone)
         // become our children, so we can reap them and free their pid.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        Some(guard)
+        guard
     }
 
     /// SIGKILLs `pid` and waits until its number is free again (reaped by us,
@@ -145,11 +140,25 @@ mod strangers {
     /// forks on the machine take the number first. With `leave_member`, the
     /// leader starts a member of its group and exits: nobody holds `pid` then,
     /// but a group of that number exists that is not psm's.
-    fn stranger_at(root: &Root, pid: i32, leave_member: bool) -> Stranger {
+    ///
+    /// A process's identity is its pid and its start time in clock ticks
+    /// (10 ms): a stranger started on the same pid within the tick the
+    /// service started in is the service as far as any reader of the process
+    /// table can tell (it was that, not psm, that killed strangers in
+    /// parallel runs). Such a placement is no stranger; it is undone and
+    /// tried again in a later tick.
+    fn stranger_at(root: &Root, pid: i32, service_start: u64, leave_member: bool) -> Stranger {
         let script = stranger_script(root);
         let log = root.file(&format!("stranger-{pid}.log"));
         let member_file = root.file(&format!("member-{pid}"));
-        for _ in 0..200 {
+        // Every fork on the machine between our write and our fork takes
+        // the number first: a build beside the tests forks hundreds of
+        // times a second, so the tries are bounded by time, not by count.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            // What an undone attempt wrote must not pass for this one's.
+            let _ = fs::remove_file(&log);
+            let _ = fs::remove_file(&member_file);
             let mut cmd = Command::new("sh");
             if leave_member {
                 cmd.arg("-c").arg(format!(
@@ -171,9 +180,17 @@ mod strangers {
             }
             fs::write(NS_LAST_PID, (pid - 1).to_string()).unwrap();
             let mut child = cmd.spawn().unwrap();
-            if child.id() as i32 != pid {
+            let placed = child.id() as i32 == pid;
+            if !placed || support::start_time(pid) == Some(service_start) {
+                // Its whole group: the script may have started its sleeper,
+                // or the leaderless variant its member, already.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
+                if placed {
+                    // Nothing happens in this sleep: it lets the clock tick on.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 continue;
             }
             let mut stranger = Stranger {
@@ -195,7 +212,7 @@ mod strangers {
             });
             return stranger;
         }
-        panic!("could not hand pid {pid} to a stranger in 200 tries");
+        panic!("could not hand pid {pid} to a stranger in 30 s");
     }
 
     /// Registers session `s1` held by a sleeper, and spawns service `svc` in
@@ -226,11 +243,13 @@ mod strangers {
     /// The service is killed from outside and its pid handed to a stranger;
     /// returns `None` (with a note) if the pid cannot be freed here.
     fn replace_with_stranger(root: &Root, pid: i32, leave_member: bool) -> Option<Stranger> {
+        // The service's identity, which the stranger must not share.
+        let service_start = support::start_time(pid)?;
         if !kill_and_free(pid) {
             eprintln!("note: skipped, pid {pid} stays a zombie here (no reaper)");
             return None;
         }
-        Some(stranger_at(root, pid, leave_member))
+        Some(stranger_at(root, pid, service_start, leave_member))
     }
 
     fn session_record_gone(root: &Root) -> bool {
@@ -241,7 +260,7 @@ mod strangers {
     /// stranger leading its own group removes the record and signals nothing.
     #[test]
     fn session_cleanup_spares_a_stranger_on_a_reused_pid() {
-        let Some(_serial) = steering() else { return };
+        let Some(_steering) = steering() else { return };
         let root = Root::new();
         let (_shell, pid) = session_with_service(&root);
         let Some(stranger) = replace_with_stranger(&root, pid, false) else {
@@ -257,7 +276,7 @@ mod strangers {
     /// member cannot prove it descends from the service, so it is left alone.
     #[test]
     fn session_cleanup_spares_a_strangers_group_without_its_leader() {
-        let Some(_serial) = steering() else { return };
+        let Some(_steering) = steering() else { return };
         let root = Root::new();
         let (_shell, pid) = session_with_service(&root);
         let Some(stranger) = replace_with_stranger(&root, pid, true) else {
@@ -271,7 +290,7 @@ mod strangers {
     /// `psm cleanup` of a dead session spares the stranger on its service's pid.
     #[test]
     fn cleanup_spares_a_stranger_on_a_reused_pid() {
-        let Some(_serial) = steering() else { return };
+        let Some(_steering) = steering() else { return };
         let root = Root::new();
         let (mut shell, pid) = session_with_service(&root);
         let Some(stranger) = replace_with_stranger(&root, pid, false) else {
@@ -288,7 +307,7 @@ mod strangers {
     /// The coordinator's session sweep spares the stranger too.
     #[test]
     fn the_session_sweep_spares_a_stranger_on_a_reused_pid() {
-        let Some(_serial) = steering() else { return };
+        let Some(_steering) = steering() else { return };
         let root = Root::new();
         let (mut shell, pid) = session_with_service(&root);
         let Some(stranger) = replace_with_stranger(&root, pid, false) else {
@@ -309,7 +328,7 @@ mod strangers {
     /// The end of `psm session run` spares the stranger on its service's pid.
     #[test]
     fn the_end_of_session_run_spares_a_stranger_on_a_reused_pid() {
-        let Some(_serial) = steering() else { return };
+        let Some(_steering) = steering() else { return };
         let root = Root::new();
         let go = root.file("go");
         nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -363,7 +382,7 @@ mod strangers {
     /// leftover record, but not the stranger now holding its pid.
     #[test]
     fn coordinator_start_up_spares_a_stranger_on_a_leftovers_pid() {
-        let Some(_serial) = steering() else { return };
+        let Some(_steering) = steering() else { return };
         let root = Root::new();
         service_config(&root, true);
         let coordinator = root.up();
@@ -391,7 +410,7 @@ mod strangers {
     /// The sweep of what the service left in its group spares the stranger.
     #[test]
     fn the_post_exit_group_sweep_spares_a_stranger() {
-        let Some(_serial) = steering() else { return };
+        let Some(_steering) = steering() else { return };
         let root = Root::new();
         service_config(&root, true);
         let first = root.up();
@@ -424,7 +443,6 @@ mod strangers {
     /// (proved by their parent). This runs without root.
     #[test]
     fn members_left_behind_are_still_ended() {
-        let _serial = super::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let root = Root::new();
         let shell = root.sleeper();
         root.ok(&[
@@ -493,7 +511,6 @@ fn probed_service(root: &Root, health: &str) {
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 #[test]
 fn a_port_held_by_a_stranger_is_not_the_services_health() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = Root::new();
     let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = stranger.local_addr().unwrap().port();
@@ -518,7 +535,6 @@ fn a_port_held_by_a_stranger_is_not_the_services_health() {
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 #[test]
 fn a_port_held_by_the_services_child_is_its_health() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = Root::new();
     let port = support::free_port();
     // Perl: its sockets are in the base system of both Linux and macOS.
@@ -570,7 +586,6 @@ sleep 1000;
 /// hour: the service is restarted and the reason names the future date.
 #[test]
 fn a_health_file_dated_in_the_future_is_stale() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = Root::new();
     let beat = root.file("beat");
     fs::File::create(&beat)

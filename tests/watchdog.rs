@@ -1157,3 +1157,77 @@ exit 7"#,
     assert!(reg["services"]["sessions"].get(&id).is_none(), "{reg}");
     assert!(root.coordinator_pid().is_some(), "the services stay up");
 }
+
+/// While the coordinator lock is held by a process that has not written its
+/// pid (a new coordinator in its first instant), the lock file still names
+/// the dead predecessor, whose pid a stranger may now hold: the watchdog
+/// never SIGKILLs that stranger, whether the file names its pid alone (an
+/// older psm's format) or its pid and its true start time. Only a holder the
+/// lock file and the kernel's lock table prove is signalled.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stranger_named_in_the_coordinator_lock_file_is_never_signalled() {
+    use std::os::unix::fs::DirBuilderExt;
+    let root = Root::new();
+    root.write_config(FAST);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(root.file(".psm"))
+        .unwrap();
+    let lock = root.file(".psm/coordinator.lock");
+    fs::write(&lock, "").unwrap();
+    // The holder (this test) takes the lock and writes nothing into the file.
+    let held = fs::File::open(&lock).unwrap();
+    fs2::FileExt::lock_exclusive(&held).unwrap();
+    let stranger = root.sleeper();
+    let pid = stranger.id() as i32;
+    let start = start_time(pid).unwrap();
+    let runs: Vec<_> = [format!("{pid}"), format!("{pid} {start}")]
+        .into_iter()
+        .map(|text| {
+            fs::write(&lock, &text).unwrap();
+            let out = watchdog(&root, &[]);
+            (text, out)
+        })
+        .collect();
+    for (text, out) in runs {
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            alive(pid),
+            "lock file {text:?}: the stranger {pid} was killed: {printed}"
+        );
+        assert!(
+            printed.contains(&format!("left pid {pid} alone")),
+            "lock file {text:?}: {printed} {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A FIFO where psm.toml should be makes `psm watchdog` refuse at once with
+/// one line naming it and a non-zero exit, before it kills or starts
+/// anything (it used to start a coordinator that died on it, and wait 10 s
+/// for its heartbeat).
+#[test]
+fn a_fifo_config_is_refused_by_the_watchdog_at_once() {
+    let root = Root::new();
+    nix::unistd::mkfifo(
+        &root.file("psm.toml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let mut cmd = root.cmd();
+    cmd.arg("watchdog");
+    // Well under the 10 s the old watchdog waited for a heartbeat.
+    let out = output_within(cmd, Duration::from_secs(5), "psm watchdog refuses");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("FIFO"), "{err}");
+    assert!(root.coordinator_pid().is_none(), "nothing was started");
+    assert!(
+        watchdog_log(&root).iter().any(|l| l.contains("FIFO")),
+        "{:?}",
+        watchdog_log(&root)
+    );
+}

@@ -41,16 +41,66 @@ use crate::config::ControlPolicy;
 use crate::paths::Paths;
 
 /// Binds the socket (before the runtime starts, so errors surface at once).
-/// A socket file left by a dead coordinator is replaced: we hold the
-/// coordinator lock, so nobody else can be serving it.
-pub fn bind(paths: &Paths) -> anyhow::Result<std::os::unix::net::UnixListener> {
+/// Only the lock holder may clear the path (`_held` proves it is us), and
+/// only of a socket nobody answers on ([`clear_stale_socket`]).
+pub fn bind(
+    paths: &Paths,
+    _held: &super::CoordinatorLock,
+) -> anyhow::Result<std::os::unix::net::UnixListener> {
     let path = paths.control_socket();
-    let _ = fs::remove_file(&path);
+    clear_stale_socket(&path)?;
     let listener = std::os::unix::net::UnixListener::bind(&path)
         .with_context(|| format!("binding control socket {}", path.display()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Removes what a dead coordinator left at the socket's path: a socket of
+/// ours that refuses connections. Anything else stays and is reported in
+/// one line: a link, FIFO or regular file was put there by someone (psm
+/// never removes what it did not make), and a socket that answers is served
+/// by a live process (another root's coordinator sharing a fallback path,
+/// or one that does not hold this root's lock) that must not lose it.
+fn clear_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        anyhow::bail!("control socket path {} has no directory", path.display());
+    };
+    // Through the directory's fd, without following a link at the name.
+    let dir = crate::fsx::Dir::open(parent)
+        .with_context(|| format!("opening socket directory {}", parent.display()))?;
+    let Some(stat) = dir.stat(name)? else {
+        return Ok(());
+    };
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+    if kind != rustix::fs::FileType::Socket {
+        anyhow::bail!(
+            "{} is a {}, not psm's control socket; psm will not remove it: move it out of the way and retry",
+            path.display(),
+            crate::fsx::kind_name(kind)
+        );
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if stat.st_uid != me {
+        anyhow::bail!(
+            "control socket {} belongs to uid {}, not to you (uid {me}); psm will not remove it: remove it yourself and retry",
+            path.display(),
+            stat.st_uid
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => anyhow::bail!(
+            "a process answers on control socket {} but does not hold this root's coordinator lock; stop it (or remove the socket) and retry",
+            path.display()
+        ),
+        // Nobody listens: a dead coordinator's socket.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            dir.remove(name)
+                .with_context(|| format!("removing stale control socket {}", path.display()))?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("probing control socket {}", path.display())),
+    }
 }
 
 /// Accepts connections for as long as the system runs.

@@ -161,9 +161,47 @@ impl CoordinatorLock {
         }
         file.set_len(0)?;
         file.rewind()?;
-        write!(file, "{}", std::process::id())?;
+        // The start time makes the pid an identity (see `proven_holder`).
+        let me = std::process::id() as i32;
+        match crate::process::Identity::of(me) {
+            Some(id) => write!(file, "{me} {}", id.start_time)?,
+            None => write!(file, "{me}")?,
+        }
         file.flush()?;
         Ok(Ok(CoordinatorLock { _file: file }))
+    }
+
+    /// The coordinator holding the lock, only when its identity is proved,
+    /// for a caller about to signal it: the lock is held; the file names a
+    /// pid and the start time the holder wrote (an older psm wrote the pid
+    /// alone); that pid runs with that start time; and where the kernel
+    /// lists the lock's holders (Linux `/proc/locks`), it is among them.
+    /// The file keeps a dead coordinator's pid until its successor, which
+    /// already holds the lock, overwrites it: in that instant the pid may
+    /// name a stranger, and a pid that merely runs proves nothing.
+    pub fn proven_holder(paths: &Paths) -> Option<crate::process::Identity> {
+        let file = crate::fsx::open_in_own_dir(
+            &paths.coordinator_lock(),
+            false,
+            false,
+            crate::fsx::How::Read,
+        )
+        .ok()?;
+        if FileExt::try_lock_shared(&file).is_ok() {
+            return None; // nobody holds it
+        }
+        let mut text = String::new();
+        (&file).take(64).read_to_string(&mut text).ok()?;
+        let (pid, recorded) = parse_holder(&text)?;
+        let now = crate::process::Identity::of(pid).filter(|id| id.is_alive())?;
+        let holders = crate::registry::store::holders(&file);
+        let listed = holders.contains(&pid);
+        let proved = match recorded {
+            Some(start) => start == now.start_time && (holders.is_empty() || listed),
+            // An older psm's file: only the kernel's word makes the pid ours.
+            None => listed,
+        };
+        proved.then_some(now)
     }
 
     /// The pid of the coordinator holding the lock, if one does.
@@ -224,13 +262,25 @@ fn read_holder(file: &mut File) -> Option<i32> {
             .rewind()
             .and_then(|()| file.read_to_string(&mut text))
             .ok()
-            .and_then(|_| text.trim().parse::<i32>().ok())
+            .and_then(|_| parse_holder(&text))
+            .map(|(pid, _)| pid)
             .filter(|&pid| crate::process::Identity::of(pid).is_some_and(|id| id.is_alive()));
         if pid.is_some() || std::time::Instant::now() >= deadline {
             return pid;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// The lock file's text: `<pid> <start time>`, or `<pid>` (older psm).
+fn parse_holder(text: &str) -> Option<(i32, Option<u64>)> {
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse::<i32>().ok().filter(|&p| p > 1)?;
+    let start = match words.next() {
+        None => None,
+        Some(w) => Some(w.parse::<u64>().ok()?),
+    };
+    words.next().is_none().then_some((pid, start))
 }
 
 /// Starts `<this executable> --root R coordinator --config F` in its own
@@ -334,7 +384,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
     prepare_socket_dir(&settings.paths)?;
-    let listener = control::bind(&settings.paths)?;
+    let listener = control::bind(&settings.paths, &lock)?;
     // Logs are kept within max-size as they are written, by a thread of
     // their own (see `logs::SizeWatch`); the actor publishes reloads.
     let logs = settings.config.logs;
@@ -370,4 +420,29 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     drop(lock);
     info!("coordinator stopped");
     Ok(Outcome::Stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_holder;
+
+    #[test]
+    fn lock_file_holder_table() {
+        type Holder = Option<(i32, Option<u64>)>;
+        let cases: &[(&str, Holder)] = &[
+            ("1234 98765", Some((1234, Some(98765)))),
+            ("1234 98765\n", Some((1234, Some(98765)))),
+            ("1234", Some((1234, None))), // an older psm's file
+            ("", None),
+            ("1", None), // never pid 1
+            ("0 5", None),
+            ("-5 5", None),
+            ("1234 x", None),
+            ("1234 5 6", None),
+            ("abc", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_holder(text), *want, "{text:?}");
+        }
+    }
 }

@@ -464,7 +464,7 @@ fn try_lock_until(file: File, exclusive: bool, deadline: Instant) -> Result<Lock
 
 /// The pids holding a lock on `file`, where the system tells (Linux:
 /// `/proc/locks`); empty elsewhere.
-fn holders(file: &File) -> Vec<i32> {
+pub fn holders(file: &File) -> Vec<i32> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::MetadataExt;

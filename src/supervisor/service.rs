@@ -45,11 +45,12 @@ use crate::registry::model::EXITS_KEPT;
 use crate::registry::{status, ExitRecord, RegistryHandle, RegistryOp, ServiceRecord};
 use crate::time::now_millis;
 
-/// Who manages a record, in its metadata: the coordinator adopts only these.
-/// How many looks (20 ms apart) a leader's clean exit gets for the daemon
-/// it may have left (see `ServiceActor::survivor`).
+/// How many looks ([`SETTLE_PAUSE`] apart) a leader's clean exit gets for
+/// the daemon it may have left (see `ServiceActor::look_for_daemon`).
 const SETTLE_TRIES: u32 = 5;
+const SETTLE_PAUSE: Duration = Duration::from_millis(20);
 
+/// Who manages a record, in its metadata: the coordinator adopts only these.
 pub const MANAGED_BY: &str = "coordinator";
 
 /// Service actor → itself: the wait before restart `generation` + 1 is
@@ -71,6 +72,8 @@ struct Run {
     /// A descendant that outlived the leader (a daemonizing service),
     /// carrying the run on.
     daemon: bool,
+    /// The leader has exited and its daemon is being looked for.
+    settling: bool,
 }
 
 pub struct ServiceActor {
@@ -319,6 +322,7 @@ impl ServiceActor {
             generation,
             probe_failed: false,
             daemon: false,
+            settling: false,
         });
         info!(pid, attempt = self.state.failures, "started");
         // We wait for it ourselves: the orphan reaper must leave it alone.
@@ -357,6 +361,7 @@ impl ServiceActor {
             generation,
             probe_failed: false,
             daemon: false,
+            settling: false,
         });
         self.state = Lifecycle::running(record.restart_count);
         self.exits = record.exits().into();
@@ -399,22 +404,76 @@ impl ServiceActor {
         );
     }
 
-    fn exited(&mut self, generation: u64, mut exit: ExitRecord, ctx: &mut Context<Self>) {
+    fn exited(&mut self, generation: u64, exit: ExitRecord, ctx: &mut Context<Self>) {
         let Some(run) = self.run.filter(|r| r.generation == generation) else {
             return; // an earlier run's exit, already handled
         };
-        self.run = None;
         // A daemonizing service's leader exits 0 once its daemon is off on
         // its own: while a descendant attributed to the service lives, the
         // service runs, carried by that process (see `carry_on`).
         if (exit.code == Some(0) || run.daemon) && self.state.phase == Phase::Running {
-            if let Some(daemon) = self.survivor(exit.code == Some(0) && !run.daemon) {
-                let how = exit.reason.clone();
-                self.record_exit(exit);
-                self.carry_on(run, daemon, &how, ctx);
-                return;
-            }
+            let looks = if exit.code == Some(0) && !run.daemon {
+                SETTLE_TRIES
+            } else {
+                1
+            };
+            self.look_for_daemon(run, exit, looks, ctx);
+            return;
         }
+        self.run = None;
+        self.ended(run, exit, ctx);
+    }
+
+    /// Looks for the oldest live process that outlived the run's leader
+    /// and is attributed to this service (an orphan we inherited as a
+    /// subreaper whose environment names the service), `looks` times.
+    ///
+    /// After a leader's exit 0, a daemon still being born (its setsid parent
+    /// not yet gone, its environment unreadable mid-exec) is given up to
+    /// `SETTLE_TRIES` looks `SETTLE_PAUSE` apart to show: counting that run
+    /// as a crash would start a second daemon beside the first. The looks
+    /// are timers, not sleeps, so the actor answers meanwhile; the run stays
+    /// current (marked `settling`, so no probe judges its dead leader) until
+    /// it is carried on or ended. A stop or restart that comes meanwhile
+    /// ends the run as any exit would, and what the leader left goes with it.
+    fn look_for_daemon(&mut self, run: Run, exit: ExitRecord, looks: u32, ctx: &mut Context<Self>) {
+        let inherited = || crate::process::tree::inherited_by(&self.inst.label, self.paths.root());
+        if self.state.phase != Phase::Running {
+            for orphan in inherited() {
+                if !self.escaped.contains(&orphan) {
+                    self.escaped.push(orphan);
+                }
+            }
+            self.run = None;
+            self.ended(run, exit, ctx);
+            return;
+        }
+        if let Some(daemon) = inherited().into_iter().next() {
+            self.run = None;
+            let how = exit.reason.clone();
+            self.record_exit(exit);
+            self.carry_on(run, daemon, &how, ctx);
+            return;
+        }
+        if looks <= 1 {
+            self.run = None;
+            self.ended(run, exit, ctx);
+            return;
+        }
+        self.run = Some(Run {
+            settling: true,
+            ..run
+        });
+        ctx.run_later(SETTLE_PAUSE, move |act, ctx| {
+            if act.run.is_some_and(|r| r.generation == run.generation) {
+                act.look_for_daemon(run, exit, looks - 1, ctx);
+            }
+        });
+    }
+
+    /// The run is over: its group's leftovers are ended and the lifecycle
+    /// steps on (restart, backoff, stop finished).
+    fn ended(&mut self, run: Run, mut exit: ExitRecord, ctx: &mut Context<Self>) {
         // Orphaned grandchildren would hold ports and files the next run
         // needs. Usually there are none (one signal-0 probe says so); when
         // there are, finding them means scanning the process table, which is
@@ -440,28 +499,6 @@ impl ServiceActor {
         self.on(Event::Exited { uptime }, &how, ctx);
     }
 
-    /// The oldest live process that outlived the run's leader and is
-    /// attributed to this service: an orphan we inherited as a subreaper
-    /// whose environment names the service.
-    ///
-    /// With `settle` (the leader just exited 0), a daemon still being born —
-    /// its setsid parent not yet gone, its environment unreadable mid-exec —
-    /// is given up to 100 ms to show: counting that run as a crash would start
-    /// a second daemon beside the first.
-    fn survivor(&self, settle: bool) -> Option<Identity> {
-        let tries = if settle { SETTLE_TRIES } else { 1 };
-        for attempt in 1..=tries {
-            let found = crate::process::tree::inherited_by(&self.inst.label, self.paths.root())
-                .into_iter()
-                .next();
-            if found.is_some() || attempt == tries {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
     /// Makes `daemon` the run's process: watched for its exit like an
     /// adopted process, in the record, stopped with the service.
     fn carry_on(&mut self, ended: Run, daemon: Identity, how: &str, ctx: &mut Context<Self>) {
@@ -472,6 +509,7 @@ impl ServiceActor {
             generation,
             daemon: true,
             probe_failed: false,
+            settling: false,
             ..ended
         });
         info!(parent: &self.span, how, pid = daemon.pid, "leader exited; its daemon carries the service on");
@@ -556,7 +594,10 @@ impl ServiceActor {
     }
 
     fn health_tick(&mut self, ctx: &mut Context<Self>) {
-        let Some(run) = self.run.filter(|_| self.state.phase == Phase::Running) else {
+        let Some(run) = self
+            .run
+            .filter(|r| self.state.phase == Phase::Running && !r.settling)
+        else {
             return;
         };
         // No /proc read for the pid's identity here: the exit watcher checks

@@ -47,32 +47,45 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Kills, on drop, every process group and pid it was told about, so a failing
-/// test leaves nothing running.
+/// test leaves nothing running. Each is remembered with its start time and
+/// signalled only while that still matches: by the time a test ends, a number
+/// it was told about may belong to another test's process (pids are reused,
+/// and steered on purpose by the stranger tests). A group whose leader is
+/// gone is left to `Root::kill_everything`, which finds psm's processes by
+/// their environment.
 #[derive(Default)]
 pub struct Reaper {
-    groups: Mutex<Vec<i32>>,
-    pids: Mutex<Vec<i32>>,
+    groups: Mutex<Vec<(i32, u64)>>,
+    pids: Mutex<Vec<(i32, u64)>>,
 }
 
 impl Reaper {
     pub fn group(&self, pgid: i32) {
         assert!(pgid > 1, "refusing to track pgid {pgid}");
-        self.groups.lock().unwrap().push(pgid);
+        if let Some(start) = start_time(pgid) {
+            self.groups.lock().unwrap().push((pgid, start));
+        }
     }
 
     pub fn pid(&self, pid: i32) {
         assert!(pid > 1, "refusing to track pid {pid}");
-        self.pids.lock().unwrap().push(pid);
+        if let Some(start) = start_time(pid) {
+            self.pids.lock().unwrap().push((pid, start));
+        }
     }
 }
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        for &g in self.groups.lock().unwrap().iter() {
-            unsafe { libc::kill(-g, libc::SIGKILL) };
+        for &(g, start) in self.groups.lock().unwrap().iter() {
+            if start_time(g) == Some(start) {
+                unsafe { libc::kill(-g, libc::SIGKILL) };
+            }
         }
-        for &p in self.pids.lock().unwrap().iter() {
-            unsafe { libc::kill(p, libc::SIGKILL) };
+        for &(p, start) in self.pids.lock().unwrap().iter() {
+            if start_time(p) == Some(start) {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
         }
     }
 }
@@ -144,7 +157,9 @@ impl Root {
 
     /// The pid written in the coordinator lock file, if that process is alive.
     pub fn coordinator_pid(&self) -> Option<i32> {
-        let pid: i32 = self.read(".psm/coordinator.lock").trim().parse().ok()?;
+        // "<pid> <start time>" (the pid alone from an older psm).
+        let text = self.read(".psm/coordinator.lock");
+        let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
         // The file keeps a dead coordinator's pid, and tests that steer pid
         // allocation hand such numbers to strangers: only a live `psm
         // coordinator` of this root is ours to name (and to SIGKILL on drop).
@@ -577,6 +592,27 @@ echo "$PSM_SESSION_ID" > "$PSM_TEST_DIR/session.id"
             svc = svc.display()
         ),
     )
+}
+
+/// The kernel's "last pid handed out", which the stranger tests write to
+/// hand a chosen pid to the next fork (root only).
+#[cfg(target_os = "linux")]
+pub const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+
+/// Exclusive use of [`NS_LAST_PID`] for as long as the returned file is
+/// open: an `flock` on that file itself, so every test process on the
+/// machine (other binaries, other worktrees) takes turns; two steering at
+/// once take each other's numbers. With `wait`, blocks until it is free;
+/// else `None` when someone else steers. `None` too without a writable file.
+#[cfg(target_os = "linux")]
+pub fn steer_pids(wait: bool) -> Option<fs::File> {
+    let file = fs::OpenOptions::new().write(true).open(NS_LAST_PID).ok()?;
+    let locked = if wait {
+        fs2::FileExt::lock_exclusive(&file)
+    } else {
+        fs2::FileExt::try_lock_exclusive(&file)
+    };
+    locked.ok().map(|()| file)
 }
 
 /// macOS has no `setsid(1)`, which test services use to leave their group:
