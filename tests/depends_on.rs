@@ -436,3 +436,79 @@ while :; do sleep 0.05; done"#,
     wait_for(WAIT, "web started again", || order(&root).len() == 3);
     assert_eq!(order(&root)[2], "web start");
 }
+
+/// `db` held in its start (a probe that does not pass yet, a long start
+/// period).
+fn slow_db(root: &Root) -> String {
+    let db = root.script(
+        "db.sh",
+        r#"while [ ! -f gate ]; do sleep 0.02; done
+touch ready
+while :; do sleep 0.05; done"#,
+    );
+    format!(
+        "[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nhealth = {{ file = \"ready\", max-age = \"1h\" }}\nstart-period = \"1h\"\n",
+        db.display()
+    )
+}
+
+/// A per-project service of `dir`, depending on `dep`.
+fn project_service(root: &Root, name: &str, dep: &str) -> String {
+    let script = root.script(
+        &format!("{name}.sh"),
+        &format!(
+            "trap 'echo \"{name} stopped $PWD\" >> \"$ORDER\"; exit 0' TERM\necho \"{name} start $PWD\" >> \"$ORDER\"\nwhile :; do sleep 0.05; done"
+        ),
+    );
+    format!(
+        "[[service]]\nname = \"{name}\"\ntype = \"per-project\"\ncommand = [\"sh\", \"{}\"]\nenv = {{ ORDER = \"{}\" }}\ndepends-on = [\"{dep}\"]\n",
+        script.display(),
+        root.file("order").display(),
+    )
+}
+
+fn project_record(root: &Root, project: &std::path::Path, name: &str) -> Value {
+    root.registry()["services"]["projects"][project.to_string_lossy().as_ref()][name].clone()
+}
+
+/// A project that goes inactive while its instance waits for a global
+/// dependency: the waiting record goes, and the coordinator keeps
+/// answering (it used to panic on the waiting instance, which has no actor).
+#[test]
+fn a_project_going_inactive_while_its_instance_waits() {
+    let root = Root::new();
+    let project = tempfile::tempdir().unwrap();
+    root.write_config(&format!(
+        "{FAST}{}{}",
+        slow_db(&root),
+        project_service(&root, "app", "db"),
+    ));
+    root.up();
+    let mut session = root.sleeper();
+    let pid = session.id().to_string();
+    let dir = project.path().to_string_lossy().into_owned();
+    root.ok(&["session", "register", "s1", &pid, &dir]);
+    wait_until(WAIT, "app waiting", || {
+        let r = project_record(&root, project.path(), "app");
+        if r["status"] == "waiting" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    session.stop();
+    wait_until(WAIT, "app's waiting record gone", || {
+        let r = project_record(&root, project.path(), "app");
+        if r.is_null() {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    // The coordinator still carries out changes (a panicked one refuses
+    // every request as stopping).
+    let said = root.ok(&["restart", "db"]);
+    assert!(said.contains("restarted db"), "{said}");
+    root.ok(&["status"]);
+    assert!(order(&root).is_empty(), "app never started");
+}

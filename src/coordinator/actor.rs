@@ -589,8 +589,12 @@ impl CoordinatorActor {
         let desired = self.project_instances(&self.active_projects(registry));
         let running = self.running(|s| matches!(s, Scope::Project(_)));
         let plan = plan::reload_plan(&running, &self.user_stopped, &desired);
+        // Waiting instances are among them: they have no actor, so the
+        // label comes from `running`, which holds both.
         for key in &plan.removed {
-            info!(service = %self.services[key].instance.label, "project inactive; stopping");
+            if let Some(instance) = running.get(key) {
+                info!(service = %instance.label, "project inactive; stopping");
+            }
         }
         let stops = self.stop_keys(plan.removed, false);
         for key in plan.added {
@@ -871,7 +875,11 @@ impl CoordinatorActor {
                     m.handle.restart.do_send(RestartService { force });
                 }
                 None if self.waiting.contains_key(&key) => {}
-                None => self.launch(pool[&key].clone(), None),
+                None => {
+                    if let Some(instance) = pool.get(&key) {
+                        self.launch(instance.clone(), None);
+                    }
+                }
             }
         }
         self.release_waiting(None);
