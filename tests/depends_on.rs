@@ -512,3 +512,27 @@ fn a_project_going_inactive_while_its_instance_waits() {
     root.ok(&["status"]);
     assert!(order(&root).is_empty(), "app never started");
 }
+
+/// `psm stop web` while web waits replies only once web's `stopped` record
+/// is on disk: the registry read the moment the command returns says
+/// `stopped` (it used to still say `waiting` for a batch window).
+#[test]
+fn stopping_a_waiting_service_records_it_before_replying() {
+    let root = Root::new();
+    root.write_config(&format!(
+        "{FAST}{}{}",
+        slow_db(&root),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    wait_status(&root, "web", "waiting");
+    // A few rounds: each read follows its command at once.
+    for _ in 0..5 {
+        root.ok(&["stop", "web"]);
+        let registry: Value =
+            serde_json::from_slice(&std::fs::read(root.registry_path()).unwrap()).unwrap();
+        assert_eq!(registry["services"]["global"]["web"]["status"], "stopped");
+        root.ok(&["start", "web"]);
+        wait_status(&root, "web", "waiting");
+    }
+}

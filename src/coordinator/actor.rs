@@ -661,6 +661,7 @@ impl CoordinatorActor {
         let set: BTreeSet<ServiceKey> = keys.into_iter().collect();
         let waves = deps::stop_order(&self.graph(), &set);
         let mut stages = Vec::with_capacity(waves.len());
+        let mut records = Vec::new();
         for wave in waves {
             let mut stage = Vec::new();
             for key in wave {
@@ -668,7 +669,7 @@ impl CoordinatorActor {
                 self.was_ready.remove(&key);
                 self.failed.remove(&key);
                 if self.waiting.remove(&key).is_some() {
-                    self.record_no_process(&key, keep_record);
+                    records.push(no_process_op(&key, keep_record));
                 }
                 let Some(m) = self.services.remove(&key) else {
                     continue;
@@ -684,7 +685,11 @@ impl CoordinatorActor {
                 stages.push(stage);
             }
         }
+        // A waiting instance's record is on disk before the stop is done,
+        // so a `psm status` after `psm stop` returns sees it.
+        let records = persist_all(self.registry.clone(), records);
         async move {
+            records.await;
             for stage in stages {
                 // Every stop of a wave is sent before any reply is awaited,
                 // so a wave stops in parallel.
@@ -704,26 +709,6 @@ impl CoordinatorActor {
                 }
             }
         }
-    }
-
-    /// The record of an instance without a process: `stopped`, or removed.
-    fn record_no_process(&self, key: &ServiceKey, keep_record: bool) {
-        let op = if keep_record {
-            let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
-            rec.status = status::STOPPED.into();
-            rec.metadata
-                .insert("managedBy".into(), Value::from(MANAGED_BY));
-            RegistryOp::Upsert {
-                key: key.clone(),
-                record: Box::new(rec),
-            }
-        } else {
-            RegistryOp::Remove {
-                key: key.clone(),
-                pid: None,
-            }
-        };
-        self.registry.do_send(Persist(op));
     }
 
     /// Queues a change; it is carried out once those before it are done.
@@ -813,10 +798,14 @@ impl CoordinatorActor {
         let all = deps::with_dependents(&self.graph(), &keys);
         let managed =
             |k: &ServiceKey| self.services.contains_key(k) || self.waiting.contains_key(k);
-        // Already-stopped instances still get a `stopped` record.
-        for key in keys.iter().filter(|k| !managed(k)) {
-            self.record_no_process(key, true);
-        }
+        // Already-stopped instances still get a `stopped` record, on disk
+        // before the reply.
+        let records: Vec<RegistryOp> = keys
+            .iter()
+            .filter(|k| !managed(k))
+            .map(|k| no_process_op(k, true))
+            .collect();
+        let records = persist_all(self.registry.clone(), records);
         let dependents: Vec<String> = all
             .iter()
             .filter(|k| !keys.contains(k))
@@ -830,12 +819,14 @@ impl CoordinatorActor {
         } else {
             format!(", and first what depends on it: {}", dependents.join(", "))
         };
+        let stops = self.stop_keys(all.into_iter().collect(), true);
         Box::pin(
-            self.stop_keys(all.into_iter().collect(), true)
-                .into_actor(self)
-                .map(move |(), _, _| {
-                    Response::ok(format!("stopped {name} ({n} instance(s)){along}"))
-                }),
+            async move {
+                records.await;
+                stops.await;
+            }
+            .into_actor(self)
+            .map(move |(), _, _| Response::ok(format!("stopped {name} ({n} instance(s)){along}"))),
         )
     }
 
@@ -978,6 +969,47 @@ impl CoordinatorActor {
                 .await;
             System::current().stop();
         }));
+    }
+}
+
+/// The record of an instance without a process: `stopped`, or removed.
+fn no_process_op(key: &ServiceKey, keep_record: bool) -> RegistryOp {
+    if keep_record {
+        let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
+        rec.status = status::STOPPED.into();
+        rec.metadata
+            .insert("managedBy".into(), Value::from(MANAGED_BY));
+        RegistryOp::Upsert {
+            key: key.clone(),
+            record: Box::new(rec),
+        }
+    } else {
+        RegistryOp::Remove {
+            key: key.clone(),
+            pid: None,
+        }
+    }
+}
+
+/// Writes `ops` in one write; resolves once they are on disk (or the write
+/// failed, which the registry actor logs).
+fn persist_all(
+    registry: Addr<RegistryActor>,
+    mut ops: Vec<RegistryOp>,
+) -> impl std::future::Future<Output = ()> {
+    // Queued now, in order behind what was sent before: the last one waits
+    // and its write takes every one before it along (one write, not one per
+    // instance: a `down` may remove a thousand waiting records).
+    let last = ops.pop().map(|op| {
+        for op in ops {
+            registry.do_send(Persist(op));
+        }
+        registry.send(PersistNow(op))
+    });
+    async move {
+        if let Some(write) = last {
+            let _ = write.await;
+        }
     }
 }
 
