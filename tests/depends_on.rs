@@ -536,3 +536,77 @@ fn stopping_a_waiting_service_records_it_before_replying() {
         wait_status(&root, "web", "waiting");
     }
 }
+
+/// A per-project dependency that gave up: the dependent's reason hints a
+/// command that restarts it, and that command, run as printed (split as a
+/// shell would), works — for a project path with a space in it too.
+#[test]
+fn the_hint_for_a_per_project_dependency_is_a_working_command() {
+    let root = Root::new();
+    let parent = tempfile::tempdir().unwrap();
+    let project = parent.path().join("my proj");
+    std::fs::create_dir(&project).unwrap();
+    let cache = root.script(
+        "cache.sh",
+        r#"[ -f "$FIXED" ] || exit 4
+while :; do sleep 0.05; done"#,
+    );
+    root.write_config(&format!(
+        "{FAST}projects = [\"{}\"]\n[[service]]\nname = \"cache\"\ntype = \"per-project\"\ncommand = [\"sh\", \"{}\"]\nenv = {{ FIXED = \"{}\" }}\nstart-period = \"300ms\"\nrestart = {{ base = \"0s\", max = \"0s\", attempts = 1 }}\n{}",
+        project.display(),
+        cache.display(),
+        root.file("fixed").display(),
+        project_service(&root, "app", "cache"),
+    ));
+    root.up();
+    let mut why = String::new();
+    wait_until(WAIT, "app's reason hints a restart", || {
+        let r = project_record(&root, &project, "app");
+        why = r["metadata"]["waiting"].as_str().unwrap_or_default().into();
+        if why.contains("psm restart") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    let hint = why
+        .split('`')
+        .find(|s| s.starts_with("psm restart"))
+        .unwrap_or_else(|| panic!("no command in {why}"));
+    let words = shlex::split(hint).unwrap_or_else(|| panic!("not shell words: {hint}"));
+    std::fs::write(root.file("fixed"), "").unwrap();
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    root.ok(&args);
+    wait_until(WAIT, "app running", || {
+        let r = project_record(&root, &project, "app");
+        if r["status"] == "running" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+}
+
+/// `psm stop db` names the dependents it stopped so that two projects with
+/// the same directory name are told apart.
+#[test]
+fn a_stop_names_dependents_of_same_named_projects_apart() {
+    let root = Root::new();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pa, pb) = (a.path().join("proj"), b.path().join("proj"));
+    std::fs::create_dir(&pa).unwrap();
+    std::fs::create_dir(&pb).unwrap();
+    root.write_config(&format!(
+        "{FAST}projects = [\"{}\", \"{}\"]\n{}{}",
+        pa.display(),
+        pb.display(),
+        service(&root, "db", ""),
+        project_service(&root, "app", "db"),
+    ));
+    root.up();
+    wait_for(WAIT, "db and both apps started", || order(&root).len() == 3);
+    let said = root.ok(&["stop", "db"]);
+    for p in [&pa, &pb] {
+        assert!(said.contains(&p.display().to_string()), "{said}");
+    }
+}

@@ -262,24 +262,11 @@ impl CoordinatorActor {
 
     /// Why an instance depending on `deps` must wait, or `None`.
     fn wait_reason(&self, deps: &[ServiceKey]) -> Option<String> {
-        let states: Vec<(String, DepState)> = deps
+        let states: Vec<(ServiceKey, DepState)> = deps
             .iter()
-            .map(|k| (self.label_of(k), self.dep_state(k)))
+            .map(|k| (k.clone(), self.dep_state(k)))
             .collect();
         deps::wait_reason(&states)
-    }
-
-    fn label_of(&self, key: &ServiceKey) -> String {
-        match &key.scope {
-            Scope::Project(p) => format!(
-                "{}@{}",
-                key.name,
-                Path::new(p)
-                    .file_name()
-                    .map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
-            ),
-            _ => key.name.clone(),
-        }
     }
 
     /// Starts `instance` now if its dependencies are ready (or it adopts a
@@ -809,7 +796,7 @@ impl CoordinatorActor {
         let dependents: Vec<String> = all
             .iter()
             .filter(|k| !keys.contains(k))
-            .map(|k| self.label_of(k))
+            .map(deps::label)
             .collect();
         self.user_stopped.extend(all.iter().cloned());
         let n = keys.len();
