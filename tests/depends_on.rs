@@ -610,3 +610,38 @@ fn a_stop_names_dependents_of_same_named_projects_apart() {
         assert!(said.contains(&p.display().to_string()), "{said}");
     }
 }
+
+/// A dependency whose probe passes as soon as it runs releases its
+/// dependent at once, not on the next health round: with a 10 min interval
+/// (rounds aligned to its multiples, so the old code had a ~2 % chance of
+/// passing), web runs within a few seconds (a starting run is probed right after its
+/// spawn and then often until it is ready).
+#[test]
+fn a_starting_dependency_is_probed_often_until_ready() {
+    let root = Root::new();
+    let db = root.script(
+        "db.sh",
+        r#"touch ready
+while :; do sleep 0.05; done"#,
+    );
+    root.write_config(&format!(
+        "health-interval = \"10m\"\n[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nhealth = {{ file = \"ready\", max-age = \"1h\" }}\nstart-period = \"1h\"\n{}",
+        db.display(),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    // Far under the 10 min a round may take; generous for a loaded machine.
+    wait_status_within(&root, "web", "running", Duration::from_secs(10));
+    assert_eq!(root.global("db")["status"], "running");
+}
+
+fn wait_status_within(root: &Root, name: &str, status: &str, limit: Duration) {
+    wait_until(limit, &format!("{name} {status}"), || {
+        let r = root.global(name);
+        if r["status"] == status {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+}
