@@ -390,7 +390,13 @@ fn watch(dir: &Path, stop: &AtomicBool, woken: std::os::fd::OwnedFd) {
     }
     #[cfg(target_os = "linux")]
     match notified::Notices::watch(dir) {
-        Ok(notices) => return notified::watch(dir, stop, &woken, &notices),
+        Ok(notices) => {
+            if notified::watch(dir, stop, &woken, &notices) {
+                return;
+            }
+            tracing::warn!(dir = %dir.display(),
+                "the log directory was removed or moved; polling it from now on");
+        }
         Err(e) => tracing::warn!(dir = %dir.display(), error = %e,
             "cannot watch the log directory with inotify; polling it"),
     }
@@ -467,13 +473,23 @@ mod notified {
                     | AddWatchFlags::IN_MOVED_TO
                     | AddWatchFlags::IN_MOVED_FROM
                     | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF
                     | AddWatchFlags::IN_ONLYDIR,
             )?;
             Ok(Notices(inotify))
         }
     }
 
-    pub fn watch(dir: &Path, stop: &AtomicBool, woken: &std::os::fd::OwnedFd, notices: &Notices) {
+    /// Returns `true` once stopped, `false` when the directory itself was
+    /// removed or moved away (a watch on it hears nothing more, while the
+    /// services create it anew at their next start): the caller polls.
+    pub fn watch(
+        dir: &Path,
+        stop: &AtomicBool,
+        woken: &std::os::fd::OwnedFd,
+        notices: &Notices,
+    ) -> bool {
         let mut logs = Logs::new(dir, true);
         // Logs that exist before the watch: looked at once, then on change.
         logs.list(Instant::now());
@@ -485,6 +501,13 @@ mod notified {
                 match notices.0.read_events() {
                     Ok(events) if !events.is_empty() => {
                         for event in events {
+                            if event.mask.intersects(
+                                AddWatchFlags::IN_IGNORED
+                                    | AddWatchFlags::IN_DELETE_SELF
+                                    | AddWatchFlags::IN_MOVE_SELF,
+                            ) {
+                                return false;
+                            }
                             if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                                 // Notices were lost: look at everything.
                                 logs.list(now);
@@ -518,6 +541,7 @@ mod notified {
                 due.map(|t| t.saturating_duration_since(Instant::now())),
             );
         }
+        true
     }
 }
 
@@ -765,6 +789,31 @@ mod tests {
                     .ok_or((rotated_size, size))
             });
         }
+        drop(watch);
+    }
+
+    /// A log directory removed and made anew while the watch runs (a user's
+    /// `rm -rf .logs`; services create it again) is still watched: a log in
+    /// the new directory that grows past `max-size` is rotated.
+    #[test]
+    fn size_watch_survives_its_directory_being_replaced() {
+        set_policy(1000, 2);
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("logs");
+        fs::create_dir(&dir).unwrap();
+        let watch = SizeWatch::start(dir.clone()).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir(&dir).unwrap();
+        let log = dir.join("web.log");
+        let mut f = open_log(&log).unwrap();
+        f.write_all(&[b'y'; 1500]).unwrap();
+        wait_until("the log in the new directory rotated", || {
+            let rotated_size = fs::metadata(rotated(&log, 1)).map(|m| m.len()).ok();
+            rotated_size
+                .filter(|&r| r >= 1500)
+                .map(drop)
+                .ok_or(rotated_size)
+        });
         drop(watch);
     }
 

@@ -47,13 +47,14 @@ pub fn detached_command(spec: &DetachedSpec) -> io::Result<Command> {
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
-            if let Some((soft, hard)) = nofile {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_NOFILE,
-                    soft,
-                    hard,
-                )
-                .map_err(io::Error::from)?;
+            // Only the soft limit goes back; the hard one is whatever the
+            // child has now (someone may have lowered it with prlimit since),
+            // and a limit that cannot be set is no reason not to start.
+            if let Some(soft) = nofile {
+                use nix::sys::resource::{getrlimit, setrlimit, Resource};
+                if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+                    let _ = setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard);
+                }
             }
             Ok(())
         });
@@ -61,12 +62,12 @@ pub fn detached_command(spec: &DetachedSpec) -> io::Result<Command> {
     Ok(cmd)
 }
 
-/// The RLIMIT_NOFILE psm found at start (soft, hard), once it raised its
-/// own soft limit; what its services get back (see [`raise_nofile_limit`]).
-static STARTED_WITH: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+/// The soft RLIMIT_NOFILE psm found at start, once it raised its own: what
+/// its services get back (see [`raise_nofile_limit`]).
+static STARTED_WITH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
-/// The limit a child is given back, if psm raised its own.
-fn child_nofile() -> Option<(u64, u64)> {
+/// The soft limit a child is given back, if psm raised its own.
+fn child_nofile() -> Option<u64> {
     STARTED_WITH.get().copied()
 }
 
@@ -85,7 +86,7 @@ pub fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
         return Ok(None);
     };
     setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
-    let _ = STARTED_WITH.set((soft, hard));
+    let _ = STARTED_WITH.set(soft);
     Ok(Some((soft, target)))
 }
 

@@ -207,35 +207,6 @@ pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
     inherited_among(children(orphans_parent()), label, root)
 }
 
-/// [`inherited_by`], from the list of this process's unclaimed children
-/// made at most [`RECENT`] ago. Listing the children costs time in
-/// proportion to all of them, the services' leaders included: `down` at
-/// 1,000 services listed them 1,000 times, one list per stop, and spent most
-/// of its time there. A list a few ms old answers as if the stop had come
-/// those ms earlier; what is reparented later escapes this look either way
-/// (the group signal and the sweep after the leader's exit still reach it).
-/// Each pid is checked again at use (claimed since? identity, environment).
-/// Only for stops: finding the daemon that carries a run reads afresh.
-pub fn inherited_by_recent(label: &str, root: &std::path::Path) -> Vec<Identity> {
-    type Listed = Option<(std::time::Instant, std::sync::Arc<Vec<i32>>)>;
-    static LISTED: std::sync::Mutex<Listed> = std::sync::Mutex::new(None);
-    let unclaimed = {
-        let mut listed = LISTED.lock().unwrap_or_else(|e| e.into_inner());
-        match &*listed {
-            Some((at, unclaimed)) if at.elapsed() <= RECENT => unclaimed.clone(),
-            _ => {
-                let unclaimed = std::sync::Arc::new(unclaimed(children(orphans_parent())));
-                *listed = Some((std::time::Instant::now(), unclaimed.clone()));
-                unclaimed
-            }
-        }
-    };
-    inherited_among(unclaimed.to_vec(), label, root)
-}
-
-/// How old a list of children [`inherited_by_recent`] may use.
-const RECENT: std::time::Duration = std::time::Duration::from_millis(5);
-
 /// `kids` without the children their spawner waits for.
 fn unclaimed(kids: Vec<i32>) -> Vec<i32> {
     let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());

@@ -714,8 +714,7 @@ impl ServiceActor {
         }
         // Orphans whose parent already exited, inherited by the coordinator
         // as a subreaper, and their own descendants.
-        for orphan in crate::process::tree::inherited_by_recent(&self.inst.label, self.paths.root())
-        {
+        for orphan in crate::process::tree::inherited_by(&self.inst.label, self.paths.root()) {
             let family = std::iter::once(orphan).chain(crate::process::tree::descendants(orphan));
             for id in family {
                 if id != run.identity && !self.escaped.contains(&id) {
