@@ -645,3 +645,43 @@ fn wait_status_within(root: &Root, name: &str, status: &str, limit: Duration) {
         }
     });
 }
+
+/// A reload that replaces a dependency (its command changed) restarts the
+/// dependents that `restart-with` it once the replacement is ready, as any
+/// new ready run of it does; the others keep their process.
+#[test]
+fn a_reload_replacing_a_dependency_restarts_its_restart_with_dependents() {
+    let root = Root::new();
+    let config = |db_extra: &str| {
+        format!(
+            "{FAST}{}{}{}",
+            service(&root, "db", db_extra),
+            service(
+                &root,
+                "web",
+                "depends-on = [\"db\"]\nrestart-with = [\"db\"]"
+            ),
+            service(&root, "api", "depends-on = [\"db\"]"),
+        )
+    };
+    root.write_config(&config(""));
+    root.up();
+    let (db, web, api) = (
+        root.service_pid("db"),
+        root.service_pid("web"),
+        root.service_pid("api"),
+    );
+    // A changed `env` replaces db's instance.
+    root.write_config(&config("env = { CHANGED = \"1\" }"));
+    root.ok(&["reload"]);
+    wait_for(WAIT, "db replaced and web restarted with it", || {
+        let now = (pid_of(&root.global("db")), pid_of(&root.global("web")));
+        matches!(now, (Some(d), Some(w)) if d != db && w != web && alive(d) && alive(w))
+    });
+    let order = order(&root);
+    let db_again = order.iter().rposition(|l| l == "db start").unwrap();
+    let web_again = order.iter().rposition(|l| l == "web start").unwrap();
+    assert!(db_again < web_again, "{order:?}");
+    assert_eq!(pid_of(&root.global("api")), Some(api));
+    assert_eq!(order.iter().filter(|l| *l == "api start").count(), 1);
+}

@@ -913,12 +913,23 @@ impl CoordinatorActor {
                     info!("{summary}");
                     let stop_all: Vec<ServiceKey> =
                         plan.removed.iter().chain(&plan.changed).cloned().collect();
+                    // A replaced instance that had been ready: its
+                    // replacement's first ready run is a new run of it, which
+                    // restarts its `restart-with` dependents (they still run
+                    // on the old one). The stop forgets it; it is put back.
+                    let replaced_ready: Vec<ServiceKey> = plan
+                        .changed
+                        .iter()
+                        .filter(|k| act.was_ready.contains(*k))
+                        .cloned()
+                        .collect();
                     act.stop_keys(stop_all, false)
                         .into_actor(act)
                         .map(move |(), act, _| {
                             for key in plan.added.iter().chain(&plan.changed) {
                                 act.launch(desired[key].clone(), None);
                             }
+                            act.was_ready.extend(replaced_ready);
                             // Dependencies added or removed change who waits.
                             act.release_waiting(None);
                             act.heartbeat();
