@@ -685,3 +685,45 @@ fn a_reload_replacing_a_dependency_restarts_its_restart_with_dependents() {
     assert_eq!(pid_of(&root.global("api")), Some(api));
     assert_eq!(order.iter().filter(|l| *l == "api start").count(), 1);
 }
+
+/// A printing command whose reader has gone (`psm status | head -1` once
+/// head exits) ends quietly: no panic, nothing on stderr, and not a failure
+/// exit of its own (killed by SIGPIPE, as `cat` and `ls` are, or exit 0).
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let root = Root::new();
+    root.write_config(&format!(
+        "{FAST}{}{}",
+        service(&root, "db", ""),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    wait_status(&root, "web", "running");
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["status", "web"],
+        &["logs", "web"],
+        &["verify"],
+    ] {
+        let mut child = root
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closed before psm writes: its first write fails.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
