@@ -162,7 +162,12 @@ fn restart_with_restarts_only_those_that_ask() {
     root.ok(&["restart", "db"]);
     wait_for(WAIT, "db and web restarted", || {
         let now = (pid_of(&root.global("db")), pid_of(&root.global("web")));
+        // The new processes may be recorded before their script has
+        // written its line: wait for the lines too.
+        let starts = |what: &str| order(&root).iter().filter(|l| *l == what).count();
         matches!(now, (Some(d), Some(w)) if d != db && w != web && alive(d) && alive(w))
+            && starts("db start") == 2
+            && starts("web start") == 2
     });
     // web's restart followed db's readiness; api, told at the same moment
     // if it were to restart, kept its process.
@@ -676,7 +681,12 @@ fn a_reload_replacing_a_dependency_restarts_its_restart_with_dependents() {
     root.ok(&["reload"]);
     wait_for(WAIT, "db replaced and web restarted with it", || {
         let now = (pid_of(&root.global("db")), pid_of(&root.global("web")));
+        // The new processes may be recorded before their script has
+        // written its line: wait for the lines too.
+        let starts = |what: &str| order(&root).iter().filter(|l| *l == what).count();
         matches!(now, (Some(d), Some(w)) if d != db && w != web && alive(d) && alive(w))
+            && starts("db start") == 2
+            && starts("web start") == 2
     });
     let order = order(&root);
     let db_again = order.iter().rposition(|l| l == "db start").unwrap();
