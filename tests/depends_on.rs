@@ -737,3 +737,21 @@ fn printing_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// The coordinator, started by a command that no longer ignores SIGPIPE,
+/// still ignores it: a control client that hangs up mid-reply must not
+/// kill it.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_coordinator_still_ignores_sigpipe() {
+    let root = Root::new();
+    root.write_config(FAST);
+    let pid = root.up();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
+}
