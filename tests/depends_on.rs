@@ -516,6 +516,23 @@ fn a_project_going_inactive_while_its_instance_waits() {
     assert!(said.contains("restarted db"), "{said}");
     root.ok(&["status"]);
     assert!(order(&root).is_empty(), "app never started");
+
+    // The project active again: app waits again, and starts once db is
+    // ready — nothing of the first wait is left to confuse the second.
+    let session = root.sleeper();
+    let pid = session.id().to_string();
+    root.ok(&["session", "register", "s2", &pid, &dir]);
+    wait_until(WAIT, "app waiting again", || {
+        let r = project_record(&root, project.path(), "app");
+        if r["status"] == "waiting" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    std::fs::write(root.file("gate"), "").unwrap();
+    wait_for(WAIT, "app started", || !order(&root).is_empty());
+    assert_eq!(order(&root).len(), 1, "{:?}", order(&root));
 }
 
 /// `psm stop web` while web waits replies only once web's `stopped` record
