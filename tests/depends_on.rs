@@ -162,7 +162,12 @@ fn restart_with_restarts_only_those_that_ask() {
     root.ok(&["restart", "db"]);
     wait_for(WAIT, "db and web restarted", || {
         let now = (pid_of(&root.global("db")), pid_of(&root.global("web")));
+        // The new processes may be recorded before their script has
+        // written its line: wait for the lines too.
+        let starts = |what: &str| order(&root).iter().filter(|l| *l == what).count();
         matches!(now, (Some(d), Some(w)) if d != db && w != web && alive(d) && alive(w))
+            && starts("db start") == 2
+            && starts("web start") == 2
     });
     // web's restart followed db's readiness; api, told at the same moment
     // if it were to restart, kept its process.
@@ -435,4 +440,335 @@ while :; do sleep 0.05; done"#,
     wait_status(&root, "web", "running");
     wait_for(WAIT, "web started again", || order(&root).len() == 3);
     assert_eq!(order(&root)[2], "web start");
+}
+
+/// `db` held in its start (a probe that does not pass yet, a long start
+/// period).
+fn slow_db(root: &Root) -> String {
+    let db = root.script(
+        "db.sh",
+        r#"while [ ! -f gate ]; do sleep 0.02; done
+touch ready
+while :; do sleep 0.05; done"#,
+    );
+    format!(
+        "[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nhealth = {{ file = \"ready\", max-age = \"1h\" }}\nstart-period = \"1h\"\n",
+        db.display()
+    )
+}
+
+/// A per-project service of `dir`, depending on `dep`.
+fn project_service(root: &Root, name: &str, dep: &str) -> String {
+    let script = root.script(
+        &format!("{name}.sh"),
+        &format!(
+            "trap 'echo \"{name} stopped $PWD\" >> \"$ORDER\"; exit 0' TERM\necho \"{name} start $PWD\" >> \"$ORDER\"\nwhile :; do sleep 0.05; done"
+        ),
+    );
+    format!(
+        "[[service]]\nname = \"{name}\"\ntype = \"per-project\"\ncommand = [\"sh\", \"{}\"]\nenv = {{ ORDER = \"{}\" }}\ndepends-on = [\"{dep}\"]\n",
+        script.display(),
+        root.file("order").display(),
+    )
+}
+
+fn project_record(root: &Root, project: &std::path::Path, name: &str) -> Value {
+    root.registry()["services"]["projects"][project.to_string_lossy().as_ref()][name].clone()
+}
+
+/// A project that goes inactive while its instance waits for a global
+/// dependency: the waiting record goes, and the coordinator keeps
+/// answering (it used to panic on the waiting instance, which has no actor).
+#[test]
+fn a_project_going_inactive_while_its_instance_waits() {
+    let root = Root::new();
+    let project = tempfile::tempdir().unwrap();
+    root.write_config(&format!(
+        "{FAST}{}{}",
+        slow_db(&root),
+        project_service(&root, "app", "db"),
+    ));
+    root.up();
+    let mut session = root.sleeper();
+    let pid = session.id().to_string();
+    let dir = project.path().to_string_lossy().into_owned();
+    root.ok(&["session", "register", "s1", &pid, &dir]);
+    wait_until(WAIT, "app waiting", || {
+        let r = project_record(&root, project.path(), "app");
+        if r["status"] == "waiting" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    session.stop();
+    wait_until(WAIT, "app's waiting record gone", || {
+        let r = project_record(&root, project.path(), "app");
+        if r.is_null() {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    // The coordinator still carries out changes (a panicked one refuses
+    // every request as stopping).
+    let said = root.ok(&["restart", "db"]);
+    assert!(said.contains("restarted db"), "{said}");
+    root.ok(&["status"]);
+    assert!(order(&root).is_empty(), "app never started");
+
+    // The project active again: app waits again, and starts once db is
+    // ready — nothing of the first wait is left to confuse the second.
+    let session = root.sleeper();
+    let pid = session.id().to_string();
+    root.ok(&["session", "register", "s2", &pid, &dir]);
+    wait_until(WAIT, "app waiting again", || {
+        let r = project_record(&root, project.path(), "app");
+        if r["status"] == "waiting" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    std::fs::write(root.file("gate"), "").unwrap();
+    wait_for(WAIT, "app started", || !order(&root).is_empty());
+    assert_eq!(order(&root).len(), 1, "{:?}", order(&root));
+}
+
+/// `psm stop web` while web waits replies only once web's `stopped` record
+/// is on disk: the registry read the moment the command returns says
+/// `stopped` (it used to still say `waiting` for a batch window).
+#[test]
+fn stopping_a_waiting_service_records_it_before_replying() {
+    let root = Root::new();
+    root.write_config(&format!(
+        "{FAST}{}{}",
+        slow_db(&root),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    wait_status(&root, "web", "waiting");
+    // A few rounds: each read follows its command at once.
+    for _ in 0..5 {
+        root.ok(&["stop", "web"]);
+        let registry: Value =
+            serde_json::from_slice(&std::fs::read(root.registry_path()).unwrap()).unwrap();
+        assert_eq!(registry["services"]["global"]["web"]["status"], "stopped");
+        root.ok(&["start", "web"]);
+        wait_status(&root, "web", "waiting");
+    }
+}
+
+/// A per-project dependency that gave up: the dependent's reason hints a
+/// command that restarts it, and that command, run as printed (split as a
+/// shell would), works — for a project path with a space in it too.
+#[test]
+fn the_hint_for_a_per_project_dependency_is_a_working_command() {
+    let root = Root::new();
+    let parent = tempfile::tempdir().unwrap();
+    let project = parent.path().join("my proj");
+    std::fs::create_dir(&project).unwrap();
+    let cache = root.script(
+        "cache.sh",
+        r#"[ -f "$FIXED" ] || exit 4
+while :; do sleep 0.05; done"#,
+    );
+    root.write_config(&format!(
+        "{FAST}projects = [\"{}\"]\n[[service]]\nname = \"cache\"\ntype = \"per-project\"\ncommand = [\"sh\", \"{}\"]\nenv = {{ FIXED = \"{}\" }}\nstart-period = \"300ms\"\nrestart = {{ base = \"0s\", max = \"0s\", attempts = 1 }}\n{}",
+        project.display(),
+        cache.display(),
+        root.file("fixed").display(),
+        project_service(&root, "app", "cache"),
+    ));
+    root.up();
+    let mut why = String::new();
+    wait_until(WAIT, "app's reason hints a restart", || {
+        let r = project_record(&root, &project, "app");
+        why = r["metadata"]["waiting"].as_str().unwrap_or_default().into();
+        if why.contains("psm restart") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    let hint = why
+        .split('`')
+        .find(|s| s.starts_with("psm restart"))
+        .unwrap_or_else(|| panic!("no command in {why}"));
+    let words = shlex::split(hint).unwrap_or_else(|| panic!("not shell words: {hint}"));
+    std::fs::write(root.file("fixed"), "").unwrap();
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    root.ok(&args);
+    wait_until(WAIT, "app running", || {
+        let r = project_record(&root, &project, "app");
+        if r["status"] == "running" {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+}
+
+/// `psm stop db` names the dependents it stopped so that two projects with
+/// the same directory name are told apart.
+#[test]
+fn a_stop_names_dependents_of_same_named_projects_apart() {
+    let root = Root::new();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pa, pb) = (a.path().join("proj"), b.path().join("proj"));
+    std::fs::create_dir(&pa).unwrap();
+    std::fs::create_dir(&pb).unwrap();
+    root.write_config(&format!(
+        "{FAST}projects = [\"{}\", \"{}\"]\n{}{}",
+        pa.display(),
+        pb.display(),
+        service(&root, "db", ""),
+        project_service(&root, "app", "db"),
+    ));
+    root.up();
+    wait_for(WAIT, "db and both apps started", || order(&root).len() == 3);
+    let said = root.ok(&["stop", "db"]);
+    for p in [&pa, &pb] {
+        assert!(said.contains(&p.display().to_string()), "{said}");
+    }
+}
+
+/// A dependency whose probe passes as soon as it runs releases its
+/// dependent at once, not on the next health round: with a 10 min interval
+/// (rounds aligned to its multiples, so the old code had a ~2 % chance of
+/// passing), web runs within a few seconds (a starting run is probed right after its
+/// spawn and then often until it is ready).
+#[test]
+fn a_starting_dependency_is_probed_often_until_ready() {
+    let root = Root::new();
+    let db = root.script(
+        "db.sh",
+        r#"touch ready
+while :; do sleep 0.05; done"#,
+    );
+    root.write_config(&format!(
+        "health-interval = \"10m\"\n[[service]]\nname = \"db\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nhealth = {{ file = \"ready\", max-age = \"1h\" }}\nstart-period = \"1h\"\n{}",
+        db.display(),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    // Far under the 10 min a round may take; generous for a loaded machine.
+    wait_status_within(&root, "web", "running", Duration::from_secs(10));
+    assert_eq!(root.global("db")["status"], "running");
+}
+
+fn wait_status_within(root: &Root, name: &str, status: &str, limit: Duration) {
+    wait_until(limit, &format!("{name} {status}"), || {
+        let r = root.global(name);
+        if r["status"] == status {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+}
+
+/// A reload that replaces a dependency (its command changed) restarts the
+/// dependents that `restart-with` it once the replacement is ready, as any
+/// new ready run of it does; the others keep their process.
+#[test]
+fn a_reload_replacing_a_dependency_restarts_its_restart_with_dependents() {
+    let root = Root::new();
+    let config = |db_extra: &str| {
+        format!(
+            "{FAST}{}{}{}",
+            service(&root, "db", db_extra),
+            service(
+                &root,
+                "web",
+                "depends-on = [\"db\"]\nrestart-with = [\"db\"]"
+            ),
+            service(&root, "api", "depends-on = [\"db\"]"),
+        )
+    };
+    root.write_config(&config(""));
+    root.up();
+    let (db, web, api) = (
+        root.service_pid("db"),
+        root.service_pid("web"),
+        root.service_pid("api"),
+    );
+    // A changed `env` replaces db's instance.
+    root.write_config(&config("env = { CHANGED = \"1\" }"));
+    root.ok(&["reload"]);
+    wait_for(WAIT, "db replaced and web restarted with it", || {
+        let now = (pid_of(&root.global("db")), pid_of(&root.global("web")));
+        // The new processes may be recorded before their script has
+        // written its line: wait for the lines too.
+        let starts = |what: &str| order(&root).iter().filter(|l| *l == what).count();
+        matches!(now, (Some(d), Some(w)) if d != db && w != web && alive(d) && alive(w))
+            && starts("db start") == 2
+            && starts("web start") == 2
+    });
+    let order = order(&root);
+    let db_again = order.iter().rposition(|l| l == "db start").unwrap();
+    let web_again = order.iter().rposition(|l| l == "web start").unwrap();
+    assert!(db_again < web_again, "{order:?}");
+    assert_eq!(pid_of(&root.global("api")), Some(api));
+    assert_eq!(order.iter().filter(|l| *l == "api start").count(), 1);
+}
+
+/// A printing command whose reader has gone (`psm status | head -1` once
+/// head exits) ends quietly: no panic, nothing on stderr, and not a failure
+/// exit of its own (killed by SIGPIPE, as `cat` and `ls` are, or exit 0).
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let root = Root::new();
+    root.write_config(&format!(
+        "{FAST}{}{}",
+        service(&root, "db", ""),
+        service(&root, "web", "depends-on = [\"db\"]"),
+    ));
+    root.up();
+    wait_status(&root, "web", "running");
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["status", "web"],
+        &["logs", "web"],
+        &["verify"],
+    ] {
+        let mut child = root
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closed before psm writes: its first write fails.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+/// The coordinator, started by a command that no longer ignores SIGPIPE,
+/// still ignores it: a control client that hangs up mid-reply must not
+/// kill it.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_coordinator_still_ignores_sigpipe() {
+    let root = Root::new();
+    root.write_config(FAST);
+    let pid = root.up();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
 }

@@ -18,6 +18,9 @@ pub fn main(extensions: Extensions) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let daemon = matches!(cli.command, Command::Coordinator(_));
+    if !matches!(cli.command, Command::Coordinator(_) | Command::Watchdog(_)) {
+        end_quietly_on_broken_pipe();
+    }
     init_tracing(cli.verbose, daemon);
     match super::run_with(cli, extensions) {
         Ok(code) => code,
@@ -25,6 +28,20 @@ pub fn main(extensions: Extensions) -> ExitCode {
             eprintln!("psm: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// A command printing into a pipe whose reader has gone (`psm status |
+/// head -1`) ends as `cat` or `ls` do, killed by SIGPIPE, quietly, instead
+/// of panicking in `println!` (Rust ignores SIGPIPE, so every write would
+/// return EPIPE). The coordinator and the watchdog keep ignoring it: they
+/// live on sockets whose peer may go at any moment. The one socket write
+/// of a command (`client::request`) asks for EPIPE instead of the signal.
+fn end_quietly_on_broken_pipe() {
+    // SAFETY: setting a disposition to SIG_DFL runs no handler; done once,
+    // before this process starts another thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -262,24 +262,11 @@ impl CoordinatorActor {
 
     /// Why an instance depending on `deps` must wait, or `None`.
     fn wait_reason(&self, deps: &[ServiceKey]) -> Option<String> {
-        let states: Vec<(String, DepState)> = deps
+        let states: Vec<(ServiceKey, DepState)> = deps
             .iter()
-            .map(|k| (self.label_of(k), self.dep_state(k)))
+            .map(|k| (k.clone(), self.dep_state(k)))
             .collect();
         deps::wait_reason(&states)
-    }
-
-    fn label_of(&self, key: &ServiceKey) -> String {
-        match &key.scope {
-            Scope::Project(p) => format!(
-                "{}@{}",
-                key.name,
-                Path::new(p)
-                    .file_name()
-                    .map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
-            ),
-            _ => key.name.clone(),
-        }
     }
 
     /// Starts `instance` now if its dependencies are ready (or it adopts a
@@ -589,8 +576,12 @@ impl CoordinatorActor {
         let desired = self.project_instances(&self.active_projects(registry));
         let running = self.running(|s| matches!(s, Scope::Project(_)));
         let plan = plan::reload_plan(&running, &self.user_stopped, &desired);
+        // Waiting instances are among them: they have no actor, so the
+        // label comes from `running`, which holds both.
         for key in &plan.removed {
-            info!(service = %self.services[key].instance.label, "project inactive; stopping");
+            if let Some(instance) = running.get(key) {
+                info!(service = %instance.label, "project inactive; stopping");
+            }
         }
         let stops = self.stop_keys(plan.removed, false);
         for key in plan.added {
@@ -657,6 +648,7 @@ impl CoordinatorActor {
         let set: BTreeSet<ServiceKey> = keys.into_iter().collect();
         let waves = deps::stop_order(&self.graph(), &set);
         let mut stages = Vec::with_capacity(waves.len());
+        let mut records = Vec::new();
         for wave in waves {
             let mut stage = Vec::new();
             for key in wave {
@@ -664,7 +656,7 @@ impl CoordinatorActor {
                 self.was_ready.remove(&key);
                 self.failed.remove(&key);
                 if self.waiting.remove(&key).is_some() {
-                    self.record_no_process(&key, keep_record);
+                    records.push(no_process_op(&key, keep_record));
                 }
                 let Some(m) = self.services.remove(&key) else {
                     continue;
@@ -680,7 +672,11 @@ impl CoordinatorActor {
                 stages.push(stage);
             }
         }
+        // A waiting instance's record is on disk before the stop is done,
+        // so a `psm status` after `psm stop` returns sees it.
+        let records = persist_all(self.registry.clone(), records);
         async move {
+            records.await;
             for stage in stages {
                 // Every stop of a wave is sent before any reply is awaited,
                 // so a wave stops in parallel.
@@ -700,26 +696,6 @@ impl CoordinatorActor {
                 }
             }
         }
-    }
-
-    /// The record of an instance without a process: `stopped`, or removed.
-    fn record_no_process(&self, key: &ServiceKey, keep_record: bool) {
-        let op = if keep_record {
-            let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
-            rec.status = status::STOPPED.into();
-            rec.metadata
-                .insert("managedBy".into(), Value::from(MANAGED_BY));
-            RegistryOp::Upsert {
-                key: key.clone(),
-                record: Box::new(rec),
-            }
-        } else {
-            RegistryOp::Remove {
-                key: key.clone(),
-                pid: None,
-            }
-        };
-        self.registry.do_send(Persist(op));
     }
 
     /// Queues a change; it is carried out once those before it are done.
@@ -809,14 +785,18 @@ impl CoordinatorActor {
         let all = deps::with_dependents(&self.graph(), &keys);
         let managed =
             |k: &ServiceKey| self.services.contains_key(k) || self.waiting.contains_key(k);
-        // Already-stopped instances still get a `stopped` record.
-        for key in keys.iter().filter(|k| !managed(k)) {
-            self.record_no_process(key, true);
-        }
+        // Already-stopped instances still get a `stopped` record, on disk
+        // before the reply.
+        let records: Vec<RegistryOp> = keys
+            .iter()
+            .filter(|k| !managed(k))
+            .map(|k| no_process_op(k, true))
+            .collect();
+        let records = persist_all(self.registry.clone(), records);
         let dependents: Vec<String> = all
             .iter()
             .filter(|k| !keys.contains(k))
-            .map(|k| self.label_of(k))
+            .map(deps::label)
             .collect();
         self.user_stopped.extend(all.iter().cloned());
         let n = keys.len();
@@ -826,12 +806,14 @@ impl CoordinatorActor {
         } else {
             format!(", and first what depends on it: {}", dependents.join(", "))
         };
+        let stops = self.stop_keys(all.into_iter().collect(), true);
         Box::pin(
-            self.stop_keys(all.into_iter().collect(), true)
-                .into_actor(self)
-                .map(move |(), _, _| {
-                    Response::ok(format!("stopped {name} ({n} instance(s)){along}"))
-                }),
+            async move {
+                records.await;
+                stops.await;
+            }
+            .into_actor(self)
+            .map(move |(), _, _| Response::ok(format!("stopped {name} ({n} instance(s)){along}"))),
         )
     }
 
@@ -871,7 +853,11 @@ impl CoordinatorActor {
                     m.handle.restart.do_send(RestartService { force });
                 }
                 None if self.waiting.contains_key(&key) => {}
-                None => self.launch(pool[&key].clone(), None),
+                None => {
+                    if let Some(instance) = pool.get(&key) {
+                        self.launch(instance.clone(), None);
+                    }
+                }
             }
         }
         self.release_waiting(None);
@@ -927,12 +913,23 @@ impl CoordinatorActor {
                     info!("{summary}");
                     let stop_all: Vec<ServiceKey> =
                         plan.removed.iter().chain(&plan.changed).cloned().collect();
+                    // A replaced instance that had been ready: its
+                    // replacement's first ready run is a new run of it, which
+                    // restarts its `restart-with` dependents (they still run
+                    // on the old one). The stop forgets it; it is put back.
+                    let replaced_ready: Vec<ServiceKey> = plan
+                        .changed
+                        .iter()
+                        .filter(|k| act.was_ready.contains(*k))
+                        .cloned()
+                        .collect();
                     act.stop_keys(stop_all, false)
                         .into_actor(act)
                         .map(move |(), act, _| {
                             for key in plan.added.iter().chain(&plan.changed) {
                                 act.launch(desired[key].clone(), None);
                             }
+                            act.was_ready.extend(replaced_ready);
                             // Dependencies added or removed change who waits.
                             act.release_waiting(None);
                             act.heartbeat();
@@ -970,6 +967,47 @@ impl CoordinatorActor {
                 .await;
             System::current().stop();
         }));
+    }
+}
+
+/// The record of an instance without a process: `stopped`, or removed.
+fn no_process_op(key: &ServiceKey, keep_record: bool) -> RegistryOp {
+    if keep_record {
+        let mut rec = ServiceRecord::without_process(&key.scope, "", now_millis());
+        rec.status = status::STOPPED.into();
+        rec.metadata
+            .insert("managedBy".into(), Value::from(MANAGED_BY));
+        RegistryOp::Upsert {
+            key: key.clone(),
+            record: Box::new(rec),
+        }
+    } else {
+        RegistryOp::Remove {
+            key: key.clone(),
+            pid: None,
+        }
+    }
+}
+
+/// Writes `ops` in one write; resolves once they are on disk (or the write
+/// failed, which the registry actor logs).
+fn persist_all(
+    registry: Addr<RegistryActor>,
+    mut ops: Vec<RegistryOp>,
+) -> impl std::future::Future<Output = ()> {
+    // Queued now, in order behind what was sent before: the last one waits
+    // and its write takes every one before it along (one write, not one per
+    // instance: a `down` may remove a thousand waiting records).
+    let last = ops.pop().map(|op| {
+        for op in ops {
+            registry.do_send(Persist(op));
+        }
+        registry.send(PersistNow(op))
+    });
+    async move {
+        if let Some(write) = last {
+            let _ = write.await;
+        }
     }
 }
 

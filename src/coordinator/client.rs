@@ -1,6 +1,6 @@
 //! The CLI's side of the control socket: a blocking request/response.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ pub fn request(paths: &Paths, req: &Request, timeout: Duration) -> Result<Respon
     // A coordinator at its connection cap answers `busy` and closes before
     // reading anything, so the write may fail while its answer is waiting
     // to be read: read it before reporting the write's error.
-    let written = (&stream).write_all(&line);
+    let written = send_all(&stream, &line);
     let mut reply = String::new();
     let read = BufReader::new(&stream).read_line(&mut reply);
     // A killed coordinator keeps its listening socket (and its lock) until
@@ -94,4 +94,45 @@ pub fn request(paths: &Paths, req: &Request, timeout: Duration) -> Result<Respon
 /// one that did has died and is still leaving).
 fn left(paths: &Paths) -> bool {
     !matches!(super::CoordinatorLock::holder(paths), Some(Some(_)))
+}
+
+/// Writes `buf` so that a coordinator that has closed the connection is an
+/// error (EPIPE), never a SIGPIPE: a printing command does not ignore it
+/// (`cli::entry`), and would otherwise die without a word.
+fn send_all(stream: &UnixStream, buf: &[u8]) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{send, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match send(stream.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::os::fd::AsRawFd;
+        // No MSG_NOSIGNAL there: the socket itself is told (SO_NOSIGPIPE).
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket, an int option of the right size.
+        let set = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NOSIGPIPE,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::io::Write::write_all(&mut &*stream, buf)
+    }
 }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::graph;
-use crate::registry::ServiceKey;
+use crate::registry::{Scope, ServiceKey};
 
 /// Instance → the instances it depends on.
 pub type Graph = BTreeMap<ServiceKey, Vec<ServiceKey>>;
@@ -38,20 +38,51 @@ pub enum DepState {
 
 /// `None` when every dependency is ready (start now); else the line that
 /// says what the instance waits for: `waiting for db, cache (failed after
-/// 5 attempts, last exited with code 1)`. `deps` pairs each dependency's
-/// label with its state, in the order the config lists them.
-pub fn wait_reason(deps: &[(String, DepState)]) -> Option<String> {
+/// 5 attempts, last exited with code 1; `psm restart cache`)`. `deps` pairs
+/// each dependency with its state, in the order the config lists them.
+pub fn wait_reason(deps: &[(ServiceKey, DepState)]) -> Option<String> {
     let parts: Vec<String> = deps
         .iter()
-        .filter_map(|(label, state)| match state {
-            DepState::Ready => None,
-            DepState::Coming => Some(label.clone()),
-            DepState::Failed(why) => Some(format!("{label} ({why}; `psm restart {label}`)")),
-            DepState::Stopped => Some(format!("{label} (stopped; `psm start {label}`)")),
-            DepState::Absent => Some(format!("{label} (not running)")),
+        .filter_map(|(key, state)| {
+            let label = label(key);
+            match state {
+                DepState::Ready => None,
+                DepState::Coming => Some(label),
+                DepState::Failed(why) => {
+                    Some(format!("{label} ({why}; `{}`)", command("restart", key)))
+                }
+                DepState::Stopped => {
+                    Some(format!("{label} (stopped; `{}`)", command("start", key)))
+                }
+                DepState::Absent => Some(format!("{label} (not running)")),
+            }
         })
         .collect();
     (!parts.is_empty()).then(|| format!("waiting for {}", parts.join(", ")))
+}
+
+/// How messages name an instance: `db`, or `app@/full/project/path` (a
+/// project's directory name alone would not tell two `proj` apart).
+pub fn label(key: &ServiceKey) -> String {
+    match &key.scope {
+        Scope::Project(p) => format!("{}@{p}", key.name),
+        _ => key.name.clone(),
+    }
+}
+
+/// The `psm <verb>` command line for one instance, quoted as a shell reads
+/// it: a user pastes it as printed.
+pub fn command(verb: &str, key: &ServiceKey) -> String {
+    // Names are `[A-Za-z0-9._@-]` (validated), never quoted; a path is
+    // quoted when it must be. Only a NUL makes quoting fail, and a path
+    // cannot hold one.
+    let quote = |s: &str| -> String {
+        shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
+    };
+    match &key.scope {
+        Scope::Project(p) => format!("psm {verb} {} --project {}", key.name, quote(p)),
+        _ => format!("psm {verb} {}", key.name),
+    }
 }
 
 /// `targets` and every instance of `graph` that depends on one of them,
@@ -116,7 +147,6 @@ pub fn stop_order(graph: &Graph, set: &BTreeSet<ServiceKey>) -> Vec<Vec<ServiceK
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Scope;
 
     fn g(name: &str) -> ServiceKey {
         ServiceKey::global(name)
@@ -144,7 +174,7 @@ mod tests {
     #[test]
     fn who_waits_for_whom() {
         use DepState::*;
-        let dep = |l: &str, s: DepState| (l.to_string(), s);
+        let dep = |l: &str, s: DepState| (g(l), s);
         let table = [
             (vec![], None),
             (vec![dep("db", Ready)], None),
@@ -167,6 +197,17 @@ mod tests {
             (
                 vec![dep("db", Absent)],
                 Some("waiting for db (not running)"),
+            ),
+            (
+                vec![(p("cache"), Failed("failed after 1 attempts".into()))],
+                Some("waiting for cache@/p (failed after 1 attempts; `psm restart cache --project /p`)"),
+            ),
+            (
+                vec![(
+                    ServiceKey::new("cache", Scope::Project("/my proj/it's".into())),
+                    Stopped,
+                )],
+                Some(r#"waiting for cache@/my proj/it's (stopped; `psm start cache --project "/my proj/it's"`)"#),
             ),
         ];
         for (deps, want) in table {

@@ -53,6 +53,17 @@ const SETTLE_PAUSE: Duration = Duration::from_millis(20);
 /// Who manages a record, in its metadata: the coordinator adopts only these.
 pub const MANAGED_BY: &str = "coordinator";
 
+/// One probe's answer, to come.
+type Probe = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+
+/// How often a starting run's probe runs until it passes: the health
+/// interval, but at most every 250 ms. Short enough that a chain of
+/// dependencies starts about as fast as its services do; long enough that a
+/// slow start costs a few cheap probes a second (a file's stat, a connect).
+pub fn start_interval(health_interval: Duration) -> Duration {
+    health_interval.min(Duration::from_millis(250))
+}
+
 /// Service actor → itself: the wait before restart `generation` + 1 is
 /// over. A restart or stop in the meantime makes it stale.
 #[derive(Message)]
@@ -177,7 +188,14 @@ impl ServiceActor {
     fn await_readiness(&mut self, up: Duration, ctx: &mut Context<Self>) {
         let spec = &self.inst.spec;
         let left = match ready_when(spec.health.is_some(), spec.start_period, up) {
-            ReadyWhen::ProbePasses => return,
+            ReadyWhen::ProbePasses => {
+                // Right after the spawn, once the actor is done with it.
+                let generation = self.generation;
+                ctx.run_later(Duration::ZERO, move |act, ctx| {
+                    act.probe_until_ready(generation, ctx)
+                });
+                return;
+            }
             ReadyWhen::Now => return self.set_ready(true),
             ReadyWhen::After(left) => left,
         };
@@ -611,29 +629,58 @@ impl ServiceActor {
             return;
         }
         let generation = run.generation;
+        let probe = self.probe_once(run);
+        ctx.spawn(
+            probe
+                .into_actor(self)
+                .map(move |res, act, ctx| act.probed(generation, res, true, ctx)),
+        );
+    }
+
+    /// A starting run with a probe is probed right after its spawn and then
+    /// every [`start_interval`] until it is ready (Docker's
+    /// `start-interval`): a dependency whose probe passes at once releases
+    /// its dependents at once, not on the next health round. Only a pass
+    /// counts here; failures are judged by the health round alone, so this
+    /// never kills sooner than the round would. One probe at a time: the
+    /// next is scheduled when this one has answered.
+    fn probe_until_ready(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let Some(run) = self
+            .run
+            .filter(|r| r.generation == generation && self.state.phase == Phase::Running)
+        else {
+            return;
+        };
+        if self.ready || self.inst.spec.health.is_none() {
+            return;
+        }
+        let probe = self.probe_once(run);
+        ctx.spawn(probe.into_actor(self).map(move |res, act, ctx| {
+            act.probed(generation, res, false, ctx);
+            let every = start_interval(act.health_interval);
+            ctx.run_later(every, move |act, ctx| {
+                act.probe_until_ready(generation, ctx)
+            });
+        }));
+    }
+
+    /// One probe of `run`: the configured one, or a pass without one (the
+    /// round then only stamps the record).
+    fn probe_once(&self, run: Run) -> Probe {
         match self.inst.spec.health.clone() {
-            None => self.probed(generation, Ok(()), ctx),
+            None => Box::pin(std::future::ready(Ok(()))),
             Some(HealthSpec::File { path, max_age }) => {
                 let path = self.inst.cwd.join(path);
-                let result = health::probe_file(&path, max_age);
-                self.probed(generation, result, ctx);
+                Box::pin(std::future::ready(health::probe_file(&path, max_age)))
             }
             Some(HealthSpec::Port { host, port }) => {
                 let leader = run.identity;
-                ctx.spawn(
-                    async move { health::probe_port(&host, port, leader).await }
-                        .into_actor(self)
-                        .map(move |res, act, ctx| act.probed(generation, res, ctx)),
-                );
+                Box::pin(async move { health::probe_port(&host, port, leader).await })
             }
             Some(HealthSpec::Probe { name, options }) => {
                 let Some(probe) = self.probe.clone() else {
-                    self.probed(
-                        generation,
-                        Err(format!("no probe named '{name}' is registered")),
-                        ctx,
-                    );
-                    return;
+                    let why = format!("no probe named '{name}' is registered");
+                    return Box::pin(std::future::ready(Err(why)));
                 };
                 let msg = ProbeHealth {
                     instance: self.inst.label.clone(),
@@ -641,24 +688,31 @@ impl ServiceActor {
                     options,
                 };
                 let timeout = self.health_interval.max(health::CONNECT_TIMEOUT);
-                ctx.spawn(
-                    async move {
-                        match probe.send(msg).timeout(timeout).await {
-                            Ok(res) => res,
-                            Err(e) => Err(format!("probe '{name}' did not answer: {e}")),
-                        }
+                Box::pin(async move {
+                    match probe.send(msg).timeout(timeout).await {
+                        Ok(res) => res,
+                        Err(e) => Err(format!("probe '{name}' did not answer: {e}")),
                     }
-                    .into_actor(self)
-                    .map(move |res, act, ctx| act.probed(generation, res, ctx)),
-                );
+                })
             }
         }
     }
 
-    fn probed(&mut self, generation: u64, result: Result<(), String>, _ctx: &mut Context<Self>) {
+    /// A probe's result; with `judged` (the health round) a failure counts
+    /// (after the start period it kills the run), else only a pass does.
+    fn probed(
+        &mut self,
+        generation: u64,
+        result: Result<(), String>,
+        judged: bool,
+        _ctx: &mut Context<Self>,
+    ) {
         let Some(run) = self.run.as_mut().filter(|r| r.generation == generation) else {
             return;
         };
+        if !judged && result.is_err() {
+            return;
+        }
         if self.inst.spec.health.is_some() {
             // Without a probe, the round only stamps the record: no result.
             self.last_probe = Some((now_millis(), result.clone()));
