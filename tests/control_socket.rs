@@ -366,12 +366,13 @@ fn a_long_conversation_is_not_cut_off() {
 }
 
 /// What sits where the control socket goes decides what a starting
-/// coordinator (which holds the lock) does with it: a dead coordinator's
-/// socket (nobody answers) is replaced; a regular file, a FIFO, a symlink or
-/// a socket someone answers on is left as it is, and the coordinator refuses
-/// to start with one line naming the path.
+/// coordinator (which holds the lock) does with it: a socket of ours is
+/// replaced, whether a dead coordinator left it or a process without the
+/// lock answers on it (a hung coordinator being replaced, an impostor); a
+/// regular file, a FIFO or a symlink is left as it is, and the coordinator
+/// refuses to start with one line naming the path.
 #[test]
-fn only_a_dead_socket_is_replaced_at_the_control_sockets_path() {
+fn only_a_socket_of_ours_is_replaced_at_the_control_sockets_path() {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     type Plant = fn(&std::path::Path, &Root) -> Option<std::os::unix::net::UnixListener>;
     let cases: [(&str, Plant, &str); 5] = [
@@ -409,9 +410,9 @@ fn only_a_dead_socket_is_replaced_at_the_control_sockets_path() {
             "symbolic link",
         ),
         (
-            "a socket someone answers on",
+            "a socket a process without the lock answers on",
             |p, _| Some(std::os::unix::net::UnixListener::bind(p).unwrap()),
-            "answers",
+            "",
         ),
     ];
     for (what, plant, refusal) in cases {

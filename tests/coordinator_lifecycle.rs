@@ -716,7 +716,7 @@ fn up_reports_why_the_coordinator_died_at_start_up() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains("exited at start-up"), "{err}");
     assert!(
-        err.contains("binding control socket"),
+        err.contains("coordinator.sock is a directory, not psm's control socket"),
         "the coordinator's cause: {err}"
     );
     assert!(!err.contains("did not become healthy"), "{err}");

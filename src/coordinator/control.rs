@@ -42,7 +42,7 @@ use crate::paths::Paths;
 
 /// Binds the socket (before the runtime starts, so errors surface at once).
 /// Only the lock holder may clear the path (`_held` proves it is us), and
-/// only of a socket nobody answers on ([`clear_stale_socket`]).
+/// only of a socket of ours ([`clear_stale_socket`]).
 pub fn bind(
     paths: &Paths,
     _held: &super::CoordinatorLock,
@@ -56,12 +56,11 @@ pub fn bind(
     Ok(listener)
 }
 
-/// Removes what a dead coordinator left at the socket's path: a socket of
-/// ours that refuses connections. Anything else stays and is reported in
-/// one line: a link, FIFO or regular file was put there by someone (psm
-/// never removes what it did not make), and a socket that answers is served
-/// by a live process (another root's coordinator sharing a fallback path,
-/// or one that does not hold this root's lock) that must not lose it.
+/// Removes what is at the socket's path when it is a socket of ours: only
+/// the lock holder calls this, so nothing serving that path is this root's
+/// coordinator. Anything else stays and is reported in one line: a link,
+/// FIFO, directory or regular file was put there by someone (psm never
+/// removes what it did not make), and another user's socket is theirs.
 fn clear_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         anyhow::bail!("control socket path {} has no directory", path.display());
@@ -88,19 +87,19 @@ fn clear_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
             stat.st_uid
         );
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => anyhow::bail!(
-            "a process answers on control socket {} but does not hold this root's coordinator lock; stop it (or remove the socket) and retry",
-            path.display()
-        ),
-        // Nobody listens: a dead coordinator's socket.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            dir.remove(name)
-                .with_context(|| format!("removing stale control socket {}", path.display()))?;
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("probing control socket {}", path.display())),
+    // A socket of ours at this root's path, while we hold the root's lock:
+    // whoever serves it (a dead coordinator's leftover, a hung one the
+    // watchdog is replacing, an impostor) is not this root's coordinator,
+    // and the path is ours to take back.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        tracing::warn!(
+            socket = %path.display(),
+            "a process that does not hold this root's lock answered on the control socket; taking the path back"
+        );
     }
+    dir.remove(name)
+        .with_context(|| format!("removing stale control socket {}", path.display()))?;
+    Ok(())
 }
 
 /// Accepts connections for as long as the system runs.
