@@ -16,13 +16,17 @@ fn service(root: &Root, name: &str, extra: &str) -> String {
     let script = root.script(
         &format!("{name}.sh"),
         &format!(
-            r#"trap 'echo "{name} stopped" >> order; exit 0' TERM
+            r#"trap 'rm -f {name}.up; echo "{name} stopped" >> order; exit 0' TERM
 echo "{name} start" >> order
+touch {name}.up
 while :; do sleep 0.05; done"#
         ),
     );
+    // Ready once its start line is written (the probe's file comes after
+    // it): without a probe a service is ready at spawn, and a dependent's
+    // shell could then write its line before the dependency's does.
     format!(
-        "[[service]]\nname = \"{name}\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\n{extra}\n",
+        "[[service]]\nname = \"{name}\"\ntype = \"global\"\ncommand = [\"sh\", \"{}\"]\nhealth = {{ file = \"{name}.up\", max-age = \"1h\" }}\nstart-period = \"1h\"\n{extra}\n",
         script.display()
     )
 }
@@ -232,17 +236,17 @@ fn bad_dependencies_are_refused_with_file_and_line() {
                 service(&root, "a", "depends-on = [\"b\"]"),
                 service(&root, "b", "depends-on = [\"a\"]")
             ),
-            "line 10",
+            "line 14",
             "dependency cycle",
         ),
         (
             service(&root, "a", "depends-on = [\"nope\"]"),
-            "line 5",
+            "line 7",
             "unknown service 'nope'",
         ),
         (
             service(&root, "a", "depends-on = [\"a\"]"),
-            "line 5",
+            "line 7",
             "names the service itself",
         ),
     ];
