@@ -78,7 +78,11 @@ impl Reaper {
 impl Drop for Reaper {
     fn drop(&mut self) {
         for &(g, start) in self.groups.lock().unwrap().iter() {
-            if start_time(g) == Some(start) {
+            // A group id is never handed out again while any member lives:
+            // with its leader gone (killed and reaped by a `Children` guard
+            // first), what is left in group `g` is the group's own. Only a
+            // new process on the leader's pid makes `g` somebody else's.
+            if start_time(g).is_none_or(|now| now == start) {
                 unsafe { libc::kill(-g, libc::SIGKILL) };
             }
         }
