@@ -165,8 +165,7 @@ fn stranger_on(dir: &Path, n: usize, pid: i32, victim_start: u64) -> Stranger {
     let mut stranger = Stranger::spawn(dir, n);
     while stranger.pid() == pid && start_time(pid) == Some(victim_start) {
         drop(stranger);
-        // Nothing happens in this sleep: it lets the clock tick on.
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(10)); // nothing happens: the clock ticks on
         if _steering.is_some() {
             let _ = fs::write(support::NS_LAST_PID, format!("{}", pid - 1));
         }

@@ -188,8 +188,7 @@ mod strangers {
                 let _ = child.kill();
                 let _ = child.wait();
                 if placed {
-                    // Nothing happens in this sleep: it lets the clock tick on.
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10)); // nothing happens: the clock ticks on
                 }
                 continue;
             }

@@ -180,16 +180,7 @@ impl CoordinatorLock {
     /// already holds the lock, overwrites it: in that instant the pid may
     /// name a stranger, and a pid that merely runs proves nothing.
     pub fn proven_holder(paths: &Paths) -> Option<crate::process::Identity> {
-        let file = crate::fsx::open_in_own_dir(
-            &paths.coordinator_lock(),
-            false,
-            false,
-            crate::fsx::How::Read,
-        )
-        .ok()?;
-        if FileExt::try_lock_shared(&file).is_ok() {
-            return None; // nobody holds it
-        }
+        let file = Self::open_held(paths)?;
         let mut text = String::new();
         (&file).take(64).read_to_string(&mut text).ok()?;
         let (pid, recorded) = parse_holder(&text)?;
@@ -206,19 +197,22 @@ impl CoordinatorLock {
 
     /// The pid of the coordinator holding the lock, if one does.
     pub fn holder(paths: &Paths) -> Option<Option<i32>> {
-        // Without following links: a planted `.psm` link reads as "no
-        // coordinator", and starting one then refuses the link.
-        let mut file = crate::fsx::open_in_own_dir(
+        let mut file = Self::open_held(paths)?;
+        Some(read_holder(&mut file))
+    }
+
+    /// The lock file, when somebody holds the lock (`None`: no file, or
+    /// nobody holds it). Without following links: a planted `.psm` link
+    /// reads as "no coordinator", and starting one then refuses the link.
+    fn open_held(paths: &Paths) -> Option<File> {
+        let file = crate::fsx::open_in_own_dir(
             &paths.coordinator_lock(),
             false,
             false,
             crate::fsx::How::Read,
         )
         .ok()?;
-        if FileExt::try_lock_shared(&file).is_ok() {
-            return None;
-        }
-        Some(read_holder(&mut file))
+        FileExt::try_lock_shared(&file).is_err().then_some(file)
     }
 }
 
