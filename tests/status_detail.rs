@@ -259,3 +259,54 @@ fn parent_of(pid: i32) -> Option<i32> {
         .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
+
+/// Exits that arrive together (one SIGCHLD may stand for many) each reach
+/// the run they belong to: twelve services blocked on one FIFO are released
+/// at once and exit with codes of their own; each records its own code,
+/// exactly once, and runs again.
+#[test]
+fn exits_arriving_together_each_reach_their_own_service() {
+    use std::io::Write;
+    let root = Root::new();
+    let fifo = root.file("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Held open for reading and writing, so no service's open blocks and
+    // each `read` takes one line.
+    let mut go = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    // The first run waits for its line and exits; later runs stay up.
+    let script = root.script(
+        "svc.sh",
+        "[ -e \"$0.$1\" ] && exec sleep 1000\n: > \"$0.$1\"\nread line < \"$0.fifo\"\nexit \"$1\"",
+    );
+    std::fs::rename(&fifo, root.file("svc.sh.fifo")).unwrap();
+    let codes: Vec<u8> = (10..22).collect();
+    let mut config = String::from(FAST);
+    for code in &codes {
+        config.push_str(&format!(
+            "[[service]]\nname = \"s{code}\"\ntype = \"global\"\ncommand = [\"{}\", \"{code}\"]\nrestart = {{ base = \"0s\", max = \"0s\" }}\n",
+            script.display()
+        ));
+    }
+    root.write_config(&config);
+    root.up();
+    for code in &codes {
+        root.service_pid(&format!("s{code}"));
+    }
+    go.write_all(&vec![b'\n'; codes.len()]).unwrap();
+    for code in &codes {
+        let name = format!("s{code}");
+        let record = last_exit_where(&root, &name, |e| !e.is_null());
+        assert_eq!(record["lastExit"]["code"], u64::from(*code), "{record}");
+        assert_eq!(
+            record["exits"].as_array().map(Vec::len),
+            Some(1),
+            "{record}"
+        );
+        root.service_pid(&name);
+    }
+    root.ok(&["down"]);
+}

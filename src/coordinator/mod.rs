@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use actix::prelude::*;
 use anyhow::Context as _;
 use fs2::FileExt;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use actor::{CoordinatorActor, COORDINATOR_NAME};
 
@@ -370,13 +370,6 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     // `setsid` helper whose parent exited) become our children instead of
     // init's: the services find them there, and the heartbeat reaps them.
     let subreaper = crate::process::tree::become_subreaper();
-    // Thousands of services need thousands of descriptors; the services
-    // themselves get the limit psm started with back.
-    match crate::process::spawn::raise_nofile_limit() {
-        Ok(Some((from, to))) => info!(from, to, "raised the open-file limit"),
-        Ok(None) => {}
-        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
-    }
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths, &lock)?;
     // Logs are kept within max-size as they are written, by a thread of
@@ -391,6 +384,8 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     let system = System::new();
     let registry_thread = Arbiter::new();
     system.block_on(async {
+        // Before the first spawn: every child's exit goes through it.
+        crate::process::reaper::start().context("starting the child reaper")?;
         let store = Store::patient(settings.paths.clone());
         let registry = RegistryActor::start_in_arbiter(&registry_thread.handle(), move |_| {
             RegistryActor::new(store)
@@ -405,7 +400,8 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         .start();
         control::serve(listener, coordinator.clone(), control_limits);
         actor::forward_signals(coordinator);
-    });
+        anyhow::Ok(())
+    })?;
     info!(root = %settings.paths.root().display(), pid = std::process::id(), subreaper, "coordinator running");
     system.run().context("running the coordinator")?;
     registry_thread.stop();

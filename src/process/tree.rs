@@ -117,40 +117,14 @@ pub fn reap_orphans(known: &std::collections::HashSet<i32>) -> Vec<i32> {
 }
 
 /// The pids of this process's children that their spawner waits for
-/// itself (a service leader's tokio `wait`): the orphan reaper leaves them
-/// alone, so it never steals an exit status. A reaper must never
-/// `waitpid(-1)`.
-/// A set, so that claiming, releasing and asking stay cheap with thousands
-/// of services.
-static OWN_CHILDREN: std::sync::Mutex<std::collections::BTreeSet<i32>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// Marks `pid` as a child its spawner waits for (see [`reap_inherited`]).
-pub fn claim_child(pid: i32) {
-    if let Ok(mut own) = OWN_CHILDREN.lock() {
-        own.insert(pid);
-    }
-}
-
-/// The spawner has reaped `pid`.
-pub fn release_child(pid: i32) {
-    if let Ok(mut own) = OWN_CHILDREN.lock() {
-        own.remove(&pid);
-    }
-}
-
+/// itself: those the reaper holds an owner for (see [`super::reaper`]). An
+/// orphan reaper must leave them alone, so it never steals an exit status.
 fn own_children() -> std::collections::HashSet<i32> {
-    OWN_CHILDREN
-        .lock()
-        .map(|own| own.iter().copied().collect())
-        .unwrap_or_default()
-}
-
-/// Reaps the exited orphans this subreaper inherited (every exited child
-/// nobody claimed with [`claim_child`]).
-#[cfg(unix)]
-pub fn reap_inherited() -> Vec<i32> {
-    reap_orphans(&own_children())
+    let me = std::process::id() as i32;
+    children(me)
+        .into_iter()
+        .filter(|pid| super::reaper::owns(*pid))
+        .collect()
 }
 
 /// The environment variable psm sets on its own daemons (the coordinator):
@@ -207,14 +181,8 @@ pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
     inherited_among(children(orphans_parent()), label, root)
 }
 
-/// `kids` without the children their spawner waits for.
-fn unclaimed(kids: Vec<i32>) -> Vec<i32> {
-    let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    kids.into_iter().filter(|pid| !own.contains(pid)).collect()
-}
-
 fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<Identity> {
-    let unclaimed = unclaimed(kids);
+    let unclaimed = super::reaper::unowned(kids);
     let mut found: Vec<Identity> = unclaimed
         .into_iter()
         .filter_map(|pid| {
