@@ -383,27 +383,40 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     let control_limits = settings.config.control;
     let system = System::new();
     let registry_thread = Arbiter::new();
+    // The coordinator and every service actor run on a thread of their own,
+    // not the main one: the services' leaders are then listed under it and
+    // the orphans the coordinator inherits under the main thread, so
+    // finding a service's orphans reads a short list (see
+    // `process::reaper::spawning_thread`).
+    let supervision_thread = Arbiter::new();
+    let (reaper_tx, reaper_rx) = std::sync::mpsc::sync_channel(1);
+    // Before the first spawn, on the thread that spawns: every child's exit
+    // goes through the reaper.
+    supervision_thread.spawn_fn(move || {
+        let _ = reaper_tx.send(crate::process::reaper::start());
+    });
+    reaper_rx
+        .recv()
+        .context("starting the child reaper")?
+        .context("starting the child reaper")?;
     system.block_on(async {
-        // Before the first spawn: every child's exit goes through it.
-        crate::process::reaper::start().context("starting the child reaper")?;
         let store = Store::patient(settings.paths.clone());
         let registry = RegistryActor::start_in_arbiter(&registry_thread.handle(), move |_| {
             RegistryActor::new(store)
         });
-        let coordinator = CoordinatorActor::new(
-            settings.paths.clone(),
-            settings.config_path.clone(),
-            settings.config,
-            settings.extensions,
-            registry,
-        )
-        .start();
+        let (paths, config_path) = (settings.paths.clone(), settings.config_path.clone());
+        let (config, extensions) = (settings.config, settings.extensions);
+        let coordinator =
+            CoordinatorActor::start_in_arbiter(&supervision_thread.handle(), move |_| {
+                CoordinatorActor::new(paths, config_path, config, extensions, registry)
+            });
         control::serve(listener, coordinator.clone(), control_limits);
         actor::forward_signals(coordinator);
-        anyhow::Ok(())
-    })?;
+    });
     info!(root = %settings.paths.root().display(), pid = std::process::id(), subreaper, "coordinator running");
     system.run().context("running the coordinator")?;
+    supervision_thread.stop();
+    supervision_thread.join().ok();
     registry_thread.stop();
     registry_thread.join().ok();
     let _ = fs::remove_file(settings.paths.control_socket());

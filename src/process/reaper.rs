@@ -100,11 +100,13 @@ pub fn reap() -> Vec<i32> {
 }
 
 /// Starts the reaper on the current runtime: every SIGCHLD reaps. Call once,
-/// before the first child is spawned. Children that exited before are
-/// reaped at once.
+/// before the first child is spawned, on the thread that spawns every
+/// child (see [`spawning_thread`]). Children that exited before are reaped
+/// at once.
 pub fn start() -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigchld = signal(SignalKind::child())?;
+    let _ = SPAWNING_THREAD.set(gettid());
     actix_rt::spawn(async move {
         loop {
             let orphans = reap();
@@ -119,4 +121,33 @@ pub fn start() -> io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The thread the reaper was started on, which spawns every service.
+static SPAWNING_THREAD: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// The id of the thread that spawns the services (Linux), once the reaper
+/// runs: never the main thread.
+///
+/// Why it matters: on Linux a child is listed under the thread that forked
+/// it (`/proc/<pid>/task/<tid>/children`), while an orphan the coordinator
+/// inherits as a subreaper goes to the first live thread of its thread
+/// group, the main thread (the kernel's `find_new_reaper` →
+/// `find_alive_thread`). So the services' leaders sit in this thread's list
+/// and the inherited orphans in the main thread's: looking for a service's
+/// orphans reads the short lists, not a list of every service (which made
+/// `down` quadratic). Tests that find a service's orphans fail should an
+/// orphan ever land in this thread's list (`tests/escapes.rs`).
+pub fn spawning_thread() -> Option<i32> {
+    SPAWNING_THREAD.get().copied()
+}
+
+#[cfg(target_os = "linux")]
+fn gettid() -> i32 {
+    nix::unistd::gettid().as_raw()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn gettid() -> i32 {
+    0
 }

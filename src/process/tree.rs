@@ -178,7 +178,7 @@ pub fn environ(pid: i32) -> Option<Vec<u8>> {
 /// attributed this way and is not returned. macOS has no subreaper: every
 /// orphan goes to launchd, so there the orphans are launchd's children.
 pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
-    inherited_among(children(orphans_parent()), label, root)
+    inherited_among(orphan_candidates(), label, root)
 }
 
 fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<Identity> {
@@ -196,6 +196,39 @@ fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<I
         .collect();
     found.sort_by_key(|id| id.start_time);
     found
+}
+
+/// The children among which a service's orphans are: this process's (on
+/// Linux) but for the spawning thread's list, which holds the services'
+/// leaders and never an orphan (see `reaper::spawning_thread`); launchd's
+/// on macOS.
+#[cfg(target_os = "linux")]
+fn orphan_candidates() -> Vec<i32> {
+    let Some(spawning) = super::reaper::spawning_thread() else {
+        return children(orphans_parent());
+    };
+    if spawning == orphans_parent() {
+        return children(orphans_parent()); // the main thread: every list
+    }
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let skip = std::ffi::OsString::from(spawning.to_string());
+    tasks
+        .flatten()
+        .filter(|task| task.file_name() != skip)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_ascii_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn orphan_candidates() -> Vec<i32> {
+    children(orphans_parent())
 }
 
 /// Whose children an orphan of a service becomes: this process where it is
