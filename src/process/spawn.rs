@@ -478,7 +478,7 @@ mod tests {
         let script = dir.path().join("no-shebang");
         std::fs::write(
             &script,
-            "echo \"pwd=$(pwd) foo=$FOO sid=$(ps -o sid= -p $$ | tr -d ' ') me=$$\"\ncat\necho done\n",
+            "echo \"pwd=$(pwd) foo=$FOO sid=$(cut -d' ' -f6 /proc/$$/stat) me=$$\"\ncat\necho done\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
