@@ -368,7 +368,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         .context("creating the log directory")?;
     // Orphans of the services' descendants (a daemonizing service, a
     // `setsid` helper whose parent exited) become our children instead of
-    // init's: the services find them there, and the heartbeat reaps them.
+    // init's: the services find them there, and the reaper reaps them.
     let subreaper = crate::process::tree::become_subreaper();
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths, &lock)?;

@@ -13,13 +13,21 @@ use super::identity::{Identity, ProcInfo};
 /// The direct children of `pid` right now (zombies included).
 #[cfg(target_os = "linux")]
 pub fn children(pid: i32) -> Vec<i32> {
+    children_except(pid, None)
+}
+
+/// The direct children of `pid`, but for those its thread `skip` forked.
+#[cfg(target_os = "linux")]
+fn children_except(pid: i32, skip: Option<i32>) -> Vec<i32> {
     // /proc/<pid>/task/<tid>/children lists the children each thread forked;
     // a multi-threaded parent spreads them over its tasks.
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
+    let skip = skip.map(|tid| std::ffi::OsString::from(tid.to_string()));
     tasks
         .flatten()
+        .filter(|task| skip.as_ref() != Some(&task.file_name()))
         .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
         .flat_map(|list| {
             list.split_ascii_whitespace()
@@ -204,26 +212,10 @@ fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<I
 /// on macOS.
 #[cfg(target_os = "linux")]
 fn orphan_candidates() -> Vec<i32> {
-    let Some(spawning) = super::reaper::spawning_thread() else {
-        return children(orphans_parent());
-    };
-    if spawning == orphans_parent() {
-        return children(orphans_parent()); // the main thread: every list
-    }
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    let skip = std::ffi::OsString::from(spawning.to_string());
-    tasks
-        .flatten()
-        .filter(|task| task.file_name() != skip)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_ascii_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
+    // The main thread's list is where the orphans are: never skip it.
+    let me = orphans_parent();
+    let spawning = super::reaper::spawning_thread().filter(|&tid| tid != me);
+    children_except(me, spawning)
 }
 
 #[cfg(not(target_os = "linux"))]
