@@ -310,3 +310,74 @@ fn exits_arriving_together_each_reach_their_own_service() {
     }
     root.ok(&["down"]);
 }
+
+/// A service's program is found as `exec` finds it from the service's own
+/// environment and directory: a bare name through the `PATH` its config
+/// sets, `./name` in its `cwd`, and a script without `#!` runs under
+/// `/bin/sh`. Each service writes its working directory to prove it ran.
+#[test]
+fn programs_are_found_through_the_services_own_path_and_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    let (bin, work) = (root.file("bin"), root.file("work"));
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let tool = |path: std::path::PathBuf, shebang: bool| {
+        let body = "pwd > \"$1\"\nexec sleep 1000\n";
+        let text = if shebang {
+            format!("#!/bin/sh\n{body}")
+        } else {
+            body.to_string()
+        };
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    tool(bin.join("psm-test-tool"), true);
+    tool(work.join("local-tool"), true);
+    tool(work.join("no-shebang"), false);
+    let mut config = String::from(FAST);
+    for (name, program, cwd, path) in [
+        (
+            "by-path",
+            "psm-test-tool",
+            root.path(),
+            bin.display().to_string(),
+        ),
+        (
+            "by-cwd",
+            "./local-tool",
+            work.as_path(),
+            "/usr/bin:/bin".to_string(),
+        ),
+        (
+            "no-shebang",
+            "./no-shebang",
+            work.as_path(),
+            "/usr/bin:/bin".to_string(),
+        ),
+    ] {
+        config.push_str(&format!(
+            "[[service]]\nname = \"{name}\"\ntype = \"global\"\ncommand = [\"{program}\", \"{}\"]\ncwd = \"{}\"\nenv = {{ PATH = \"{path}:/usr/bin:/bin\" }}\n",
+            root.file(&format!("{name}.ran")).display(),
+            cwd.display(),
+        ));
+    }
+    root.write_config(&config);
+    root.up();
+    for (name, cwd) in [
+        ("by-path", root.path()),
+        ("by-cwd", &work),
+        ("no-shebang", &work),
+    ] {
+        root.service_pid(name);
+        wait_until(WAIT, &format!("{name} ran"), || {
+            let ran =
+                std::fs::read_to_string(root.file(&format!("{name}.ran"))).unwrap_or_default();
+            let want = cwd.canonicalize().unwrap();
+            (std::path::Path::new(ran.trim()) == want)
+                .then_some(())
+                .ok_or(ran)
+        });
+    }
+    root.ok(&["down"]);
+}
