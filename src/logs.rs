@@ -227,7 +227,8 @@ pub fn next_look(size: u64, max_size: u64, bytes_per_sec: f64) -> Duration {
 struct Watched {
     size: u64,
     seen: Instant,
-    /// When to look next.
+    /// When to look next; `None`: not until the kernel says it changed
+    /// (Linux, where the watch hears of every write; see [`SizeWatch`]).
     next: Option<Instant>,
     /// Not looked at yet: its rate is unknown, so the second look is soon.
     fresh: bool,
@@ -237,13 +238,17 @@ struct Watched {
 struct Logs<'a> {
     dir: &'a Path,
     logs: HashMap<OsString, Watched>,
+    /// Whether a log that stopped growing may wait for the next change
+    /// notice instead of being looked at every [`MAX_PAUSE`].
+    notified: bool,
 }
 
 impl<'a> Logs<'a> {
-    fn new(dir: &'a Path) -> Self {
+    fn new(dir: &'a Path, notified: bool) -> Self {
         Logs {
             dir,
             logs: HashMap::new(),
+            notified,
         }
     }
 
@@ -260,7 +265,9 @@ impl<'a> Logs<'a> {
         }
     }
 
-    /// `name` is new: look at it now.
+    /// `name` was created or written: look at it now unless a look is
+    /// already due (a growing log is looked at as its rate asks, however
+    /// many writes it sees in between).
     fn changed(&mut self, name: OsString, now: Instant) {
         if Path::new(&name).extension() != Some(OsStr::new("log")) {
             return;
@@ -277,6 +284,7 @@ impl<'a> Logs<'a> {
     /// Looks at (and rotates) every log that is due.
     fn look_due(&mut self, now: Instant) {
         let (max_size, keep) = policy();
+        let notified = self.notified;
         for (name, log) in self.logs.iter_mut() {
             if log.next.is_none_or(|t| t > now) {
                 continue;
@@ -303,6 +311,9 @@ impl<'a> Logs<'a> {
             log.seen = now;
             log.next = if log.fresh {
                 Some(now + MIN_PAUSE)
+            } else if notified && rate == 0.0 && after <= max_size {
+                // Quiet: its next write wakes the watch.
+                None
             } else {
                 Some(now + next_look(after, max_size, rate))
             };
@@ -323,10 +334,14 @@ impl<'a> Logs<'a> {
 /// it passes `max-size`. Services write their logs directly (see the module
 /// docs), so only a prompt look can bound them; this is that look.
 ///
-/// It looks at every log at least every [`MAX_PAUSE`] and lists the
-/// directory every [`LIST_EVERY`] (four `stat`s a second per quiet log: 1.3 %
-/// of a core idle at 1,000 services; an inotify watch that looked only after
-/// writes was tried and taken out, see docs/benchmarks.md).
+/// On Linux the thread sleeps until inotify reports a write, creation or
+/// removal in the directory: a quiet log costs nothing (polling cost four
+/// `stat`s a second per log, 1.3 % of a core idle at 1,000 services), and a
+/// growing one is looked at as its rate asks, as before. A policy change
+/// (smaller `max-size`) reaches a quiet log at its next write. Where inotify
+/// is missing or out of watches, and on other systems, it polls: each log at
+/// least every [`MAX_PAUSE`], the directory every [`LIST_EVERY`]; a log
+/// directory that is removed is polled until it is back, then watched again.
 ///
 /// Stops (and joins) on drop, at once: the drop also closes the pipe the
 /// thread waits on.
@@ -374,19 +389,53 @@ fn watch(dir: &Path, stop: &AtomicBool, woken: std::os::fd::OwnedFd) {
             }
         }
     }
-    poll_watch(dir, stop, &woken);
+    #[cfg(target_os = "linux")]
+    loop {
+        match notified::Notices::watch(dir) {
+            Ok(notices) => {
+                if notified::watch(dir, stop, &woken, &notices) {
+                    return;
+                }
+                tracing::warn!(dir = %dir.display(),
+                    "the log directory was removed or moved; polling it until it is back");
+            }
+            // Not there (yet): polled until it is, then watched again.
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "cannot watch the log directory with inotify; polling it");
+                break;
+            }
+        }
+        // Services make the directory anew at their next start; from then
+        // on the inotify watch takes over again instead of polling forever.
+        let back = || fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+        if poll_watch(dir, stop, &woken, back) {
+            return;
+        }
+    }
+    poll_watch(dir, stop, &woken, || false);
 }
 
 /// The watch without change notices: every log at least every
-/// [`MAX_PAUSE`], the directory listed every [`LIST_EVERY`].
-fn poll_watch(dir: &Path, stop: &AtomicBool, woken: &std::os::fd::OwnedFd) {
-    let mut logs = Logs::new(dir);
+/// [`MAX_PAUSE`], the directory listed every [`LIST_EVERY`]. Returns `true`
+/// once stopped, `false` as soon as `until` holds (asked at each listing).
+fn poll_watch(
+    dir: &Path,
+    stop: &AtomicBool,
+    woken: &std::os::fd::OwnedFd,
+    until: impl Fn() -> bool,
+) -> bool {
+    let mut logs = Logs::new(dir, false);
     let mut listed: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         // New logs appear with new services: list the directory once per
         // LIST_EVERY; between listings only logs that are due get a `stat`.
         if listed.is_none_or(|t| now.duration_since(t) >= LIST_EVERY) {
+            if until() {
+                return false;
+            }
             listed = Some(now);
             logs.list(now);
         }
@@ -397,24 +446,131 @@ fn poll_watch(dir: &Path, stop: &AtomicBool, woken: &std::os::fd::OwnedFd) {
             .min(listed.unwrap_or(now) + LIST_EVERY);
         wait(
             woken,
+            None,
             wake.saturating_duration_since(Instant::now())
                 .max(MIN_PAUSE),
         );
     }
+    true
 }
 
-/// Sleeps up to `timeout`, or until the waker closes (stop).
-fn wait(woken: &std::os::fd::OwnedFd, timeout: Duration) {
+/// Sleeps up to `timeout`, or until `notices` has something to read, or
+/// until the waker closes (stop). `timeout` of `None`: no limit.
+fn wait(
+    woken: &std::os::fd::OwnedFd,
+    notices: Option<std::os::fd::BorrowedFd<'_>>,
+    timeout: impl Into<Option<Duration>>,
+) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
-    // Rounded up, so a look is never due a moment after we wake.
-    let timeout = PollTimeout::try_from(timeout.as_millis().saturating_add(1).min(60_000) as i32)
-        .unwrap_or(PollTimeout::MAX);
+    let timeout = match timeout.into() {
+        // Rounded up, so a look is never due a moment after we wake.
+        Some(t) => PollTimeout::try_from(t.as_millis().saturating_add(1).min(60_000) as i32)
+            .unwrap_or(PollTimeout::MAX),
+        None => PollTimeout::NONE,
+    };
+    let mut fds = vec![PollFd::new(woken.as_fd(), PollFlags::POLLIN)];
+    if let Some(fd) = notices {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
     // EINTR is as good as a wake: the caller looks at the time again.
-    let _ = poll(
-        &mut [PollFd::new(woken.as_fd(), PollFlags::POLLIN)],
-        timeout,
-    );
+    let _ = poll(&mut fds, timeout);
+}
+
+/// The inotify watch (Linux).
+#[cfg(target_os = "linux")]
+mod notified {
+    use super::*;
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+
+    pub struct Notices(Inotify);
+
+    impl Notices {
+        /// Notices of every write, creation, rename and removal in `dir`.
+        pub fn watch(dir: &Path) -> nix::Result<Notices> {
+            let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+            inotify.add_watch(
+                dir,
+                AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF
+                    // Nothing outside the root: a `.logs` link is not
+                    // followed (the listing refuses it too).
+                    | AddWatchFlags::IN_DONT_FOLLOW
+                    | AddWatchFlags::IN_ONLYDIR,
+            )?;
+            Ok(Notices(inotify))
+        }
+    }
+
+    /// Returns `true` once stopped, `false` when the directory itself was
+    /// removed or moved away (a watch on it hears nothing more, while the
+    /// services create it anew at their next start): the caller polls until
+    /// it is back.
+    pub fn watch(
+        dir: &Path,
+        stop: &AtomicBool,
+        woken: &std::os::fd::OwnedFd,
+        notices: &Notices,
+    ) -> bool {
+        let mut logs = Logs::new(dir, true);
+        // Logs that exist before the watch: looked at once, then on change.
+        logs.list(Instant::now());
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            // Read every notice before looking, so a write after a look is
+            // always a notice still to come.
+            loop {
+                match notices.0.read_events() {
+                    Ok(events) if !events.is_empty() => {
+                        for event in events {
+                            if event.mask.intersects(
+                                AddWatchFlags::IN_IGNORED
+                                    | AddWatchFlags::IN_DELETE_SELF
+                                    | AddWatchFlags::IN_MOVE_SELF,
+                            ) {
+                                return false;
+                            }
+                            if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                                // Notices were lost: look at everything.
+                                logs.list(now);
+                                for log in logs.logs.values_mut() {
+                                    log.next = Some(now);
+                                }
+                                continue;
+                            }
+                            let Some(name) = event.name else { continue };
+                            if event
+                                .mask
+                                .intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM)
+                            {
+                                logs.logs.remove(&name);
+                            } else {
+                                logs.changed(name, now);
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            logs.look_due(now);
+            let due = logs.next_due();
+            // At most one round per MIN_PAUSE however busy the logs are;
+            // the writes in between are one merged notice.
+            std::thread::sleep(MIN_PAUSE);
+            wait(
+                woken,
+                Some(notices.0.as_fd()),
+                due.map(|t| t.saturating_duration_since(Instant::now())),
+            );
+        }
+        true
+    }
 }
 
 /// The last `n` lines of the file (without reading the whole file when it is
@@ -634,7 +790,7 @@ mod tests {
 
     /// The size watch rotates a log that went quiet and then grows past
     /// `max-size`, both one that existed before the watch started and one
-    /// created after.
+    /// created after: on Linux only a change notice can bring that look.
     #[test]
     fn size_watch_rotates_quiet_logs_once_they_grow() {
         set_policy(1000, 2);

@@ -802,3 +802,91 @@ fn the_coordinator_raises_its_file_limit_and_services_get_the_original() {
         root.ok(&["down"]);
     }
 }
+
+/// Edits the registry under its exclusive lock, as every writer does.
+fn edit_registry(root: &Root, edit: impl FnOnce(&mut serde_json::Value)) {
+    use std::os::fd::AsRawFd;
+    let lock = fs::File::open(root.file(".live-process-registry.json.lock")).expect("lock file");
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut reg = root.registry();
+    edit(&mut reg);
+    let tmp = root.file("registry.test-tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(&reg).unwrap()).unwrap();
+    fs::rename(&tmp, root.registry_path()).unwrap();
+    drop(lock); // closing the file releases the lock
+}
+
+/// A service without a health probe is checked every round though it has no
+/// round of its own (the coordinator stamps it): its `lastHealthCheck` keeps
+/// advancing, a record someone removed comes back whole within a round, and
+/// one a hand edit marked `stopped` (with another pid) is written back as it
+/// is: running, under its own pid.
+#[test]
+fn an_unprobed_service_is_stamped_and_its_lost_record_comes_back() {
+    let root = Root::new();
+    root.write_config(
+        "health-interval = \"100ms\"\n\n[[service]]\nname = \"svc\"\ntype = \"global\"\n\
+         command = [\"sleep\", \"1000\"]\nstart-period = \"0s\"\n",
+    );
+    root.up();
+    let pid = root.service_pid("svc");
+    let stamp = |root: &Root| root.global("svc")["lastHealthCheck"].as_u64();
+    let first = stamp(&root).expect("lastHealthCheck");
+    wait_until(LONG, "a later stamp", || match stamp(&root) {
+        Some(t) if t > first => Ok(()),
+        other => Err(other),
+    });
+
+    edit_registry(&root, |reg| {
+        reg["services"]["global"]
+            .as_object_mut()
+            .unwrap()
+            .remove("svc");
+    });
+    wait_until(LONG, "the removed record back", || {
+        let r = root.global("svc");
+        (r["pid"] == pid && r["status"] == "running" && r["startTime"].is_u64())
+            .then_some(())
+            .ok_or(r)
+    });
+
+    edit_registry(&root, |reg| {
+        let r = &mut reg["services"]["global"]["svc"];
+        r["status"] = "stopped".into();
+        r["pid"] = 1.into();
+    });
+    wait_until(LONG, "the edited record written back", || {
+        let r = root.global("svc");
+        (r["pid"] == pid && r["status"] == "running")
+            .then_some(())
+            .ok_or(r)
+    });
+    assert!(alive(pid));
+}
+
+/// A service between runs (backoff) is not stamped: its `lastHealthCheck`
+/// stays where its last run left it while rounds pass.
+#[test]
+fn a_service_in_backoff_is_not_stamped() {
+    let root = Root::new();
+    root.script("crash.sh", "echo $$ >> runs\nexit 3");
+    root.write_config(
+        "health-interval = \"100ms\"\n\n[restart]\nbase = \"60s\"\nmax = \"60s\"\n\n\
+         [[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"sh\", \"crash.sh\"]\n\
+         start-period = \"0s\"\n",
+    );
+    root.up();
+    wait_until(LONG, "svc in backoff", || {
+        let r = root.global("svc");
+        (r["status"] == "backoff").then_some(()).ok_or(r)
+    });
+    let before = root.global("svc");
+    // Rounds that would each have stamped it had it counted as running.
+    support::heartbeats(&root, 3);
+    let after = root.global("svc");
+    assert_eq!(
+        after["lastHealthCheck"], before["lastHealthCheck"],
+        "{after}"
+    );
+    assert_eq!(after["status"], "backoff", "{after}");
+}

@@ -45,8 +45,8 @@ use crate::registry::{
 };
 use crate::supervisor::service::MANAGED_BY;
 use crate::supervisor::{
-    Extensions, KindContext, ProbeHealth, Readiness, ReadinessChanged, RestartService,
-    ServiceActor, ServiceHandle, StopService,
+    Extensions, KindContext, ProbeHealth, Readiness, ReadinessChanged, RefreshRecord,
+    RestartService, ServiceActor, ServiceHandle, StopService,
 };
 use crate::time::now_millis;
 
@@ -73,6 +73,9 @@ pub enum SignalReceived {
 struct Managed {
     instance: Instance,
     handle: ServiceHandle,
+    /// A built-in service without a health probe: stamped by the
+    /// coordinator's round, asked to write its record when the stamp missed.
+    unprobed: Option<Recipient<RefreshRecord>>,
 }
 
 /// An instance held back by its dependencies.
@@ -203,6 +206,38 @@ impl CoordinatorActor {
             key: Self::key(),
             record: Box::new(record),
         }));
+    }
+
+    /// This round's health stamp of every built-in service without a probe,
+    /// in one registry change beside the heartbeat; returns its time.
+    fn stamp_unprobed(&self) -> u64 {
+        let at = now_millis();
+        let keys: Vec<ServiceKey> = self
+            .services
+            .iter()
+            .filter(|(_, m)| m.unprobed.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !keys.is_empty() {
+            self.registry
+                .do_send(Persist(RegistryOp::Stamp { keys, at }));
+        }
+        at
+    }
+
+    /// Asks each unprobed service whose record the stamp at `round` missed
+    /// (gone, not `running`, another pid's) to write it whole; one whose run
+    /// is not up ignores it, as its own round would have.
+    fn refresh_missed(&self, registry: &Registry, round: u64) {
+        for (key, m) in &self.services {
+            let Some(refresh) = &m.unprobed else { continue };
+            let stamped = registry
+                .get(key)
+                .is_some_and(|r| r.status == status::RUNNING && r.last_health_check >= round);
+            if !stamped {
+                refresh.do_send(RefreshRecord);
+            }
+        }
     }
 
     /// Projects whose per-project services should run: the configured ones
@@ -384,23 +419,35 @@ impl CoordinatorActor {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
         }
-        let handle = match self.extensions.kind_for(&instance.spec.kind) {
+        let (handle, unprobed) = match self.extensions.kind_for(&instance.spec.kind) {
             Some(kind) => {
                 // An extension kind may not report readiness: it counts as
                 // ready once started.
                 self.ready.insert(instance.key.clone());
-                kind.start(ctx)
+                (kind.start(ctx), None)
             }
             None if instance.spec.kind == "daemon" => {
-                ServiceActor::new(ctx, &self.probes).start().into()
+                let addr = ServiceActor::new(ctx, &self.probes).start();
+                let unprobed = instance
+                    .spec
+                    .health
+                    .is_none()
+                    .then(|| addr.clone().recipient());
+                (addr.into(), unprobed)
             }
             None => {
                 error!(service = %instance.label, kind = %instance.spec.kind, "unknown service kind; not started");
                 return;
             }
         };
-        self.services
-            .insert(instance.key.clone(), Managed { instance, handle });
+        self.services.insert(
+            instance.key.clone(),
+            Managed {
+                instance,
+                handle,
+                unprobed,
+            },
+        );
     }
 
     /// Adopts or starts what the config wants (replacing an adopted process
@@ -530,6 +577,7 @@ impl CoordinatorActor {
             return;
         }
         self.heartbeat();
+        let round = self.stamp_unprobed();
         self.rotate_logs();
         // A safety net under the SIGCHLD-driven reaper (one waitpid when
         // nothing has exited).
@@ -537,16 +585,22 @@ impl CoordinatorActor {
         if !reaped.is_empty() {
             tracing::debug!(?reaped, "reaped inherited orphans");
         }
-        ctx.spawn(self.registry.send(ReadRegistry).into_actor(self).map(
-            |res, act, ctx| match res {
-                Ok(Ok(registry)) => {
-                    act.sweep(registry);
-                    act.pump(ctx);
-                }
-                Ok(Err(e)) => warn!(error = %e, "sweep skipped: cannot read the registry"),
-                Err(_) => {}
-            },
-        ));
+        // Read after the stamp (one mailbox, and the read writes what is
+        // queued first), so it shows which records the stamp missed.
+        ctx.spawn(
+            self.registry
+                .send(ReadRegistry)
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(Ok(registry)) => {
+                        act.refresh_missed(&registry, round);
+                        act.sweep(registry);
+                        act.pump(ctx);
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "sweep skipped: cannot read the registry"),
+                    Err(_) => {}
+                }),
+        );
     }
 
     fn sweep(&mut self, registry: Registry) {
@@ -654,7 +708,13 @@ impl CoordinatorActor {
         keep_record: bool,
     ) -> impl std::future::Future<Output = ()> {
         let set: BTreeSet<ServiceKey> = keys.into_iter().collect();
-        let waves = deps::stop_order(&self.graph(), &set);
+        // Every tick's reconcile asks to stop nothing: the graph (a copy of
+        // every instance) is built only when something stops.
+        let waves = if set.is_empty() {
+            Vec::new()
+        } else {
+            deps::stop_order(&self.graph(), &set)
+        };
         let mut stages = Vec::with_capacity(waves.len());
         let mut records = Vec::new();
         for wave in waves {

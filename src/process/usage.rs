@@ -88,6 +88,30 @@ impl Snapshot {
             .is_some_and(|p| p.start_time == id.start_time && !p.zombie)
     }
 
+    /// Reads again each of `ids` the snapshot does not show alive, and adds
+    /// those that now run: a snapshot taken beside (not after) a read of
+    /// the registry may predate a process the registry names, and must not
+    /// show it dead. A process added this way counts alone in its tree (its
+    /// own children, if any, started after the snapshot too).
+    pub fn include(&mut self, ids: impl IntoIterator<Item = Identity>) {
+        let missing: Vec<i32> = ids
+            .into_iter()
+            .filter(|&id| !self.is_alive(id))
+            .map(|id| id.pid)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        for (pid, stat) in platform::read_pids(&missing) {
+            if let Some(old) = self.procs.insert(pid, stat) {
+                if let Some(siblings) = self.children.get_mut(&old.ppid) {
+                    siblings.retain(|&c| c != pid);
+                }
+            }
+            self.children.entry(stat.ppid).or_default().push(pid);
+        }
+    }
+
     /// How many processes the snapshot holds.
     pub fn processes(&self) -> usize {
         self.procs.len()
@@ -202,10 +226,12 @@ mod platform {
 
     use super::ProcStat;
 
-    pub fn read_all() -> HashMap<i32, ProcStat> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return HashMap::new();
-        };
+    /// The given processes only (those that run).
+    pub fn read_pids(pids: &[i32]) -> HashMap<i32, ProcStat> {
+        read_some(pids, &units()).into_iter().collect()
+    }
+
+    fn units() -> Units {
         // SAFETY: sysconf only reads configuration values.
         let (tick, page) = unsafe {
             (
@@ -213,11 +239,18 @@ mod platform {
                 libc::sysconf(libc::_SC_PAGESIZE),
             )
         };
-        let units = Units {
+        Units {
             tick_ns: 1_000_000_000 / tick.max(1) as u64,
             page: page.max(1) as u64,
             uptime_ns: uptime_ns(),
+        }
+    }
+
+    pub fn read_all() -> HashMap<i32, ProcStat> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return HashMap::new();
         };
+        let units = units();
         let pids: Vec<i32> = dir
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .collect();
@@ -310,13 +343,17 @@ mod platform {
     use crate::process::macos::{self, pidinfo};
 
     pub fn read_all() -> HashMap<i32, ProcStat> {
+        read_pids(&macos::all_pids())
+    }
+
+    /// The given processes only (those that run).
+    pub fn read_pids(pids: &[i32]) -> HashMap<i32, ProcStat> {
         let (numer, denom) = timebase();
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        macos::all_pids()
-            .into_iter()
-            .filter_map(|pid| {
+        pids.iter()
+            .filter_map(|&pid| {
                 let bsd = macos::bsd_info(pid)?;
                 let start_time = macos::start_time(&bsd);
                 // Another user's task info is not readable: it costs nothing
@@ -364,6 +401,10 @@ mod platform {
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 mod platform {
     pub fn read_all() -> std::collections::HashMap<i32, super::ProcStat> {
+        std::collections::HashMap::new()
+    }
+
+    pub fn read_pids(_: &[i32]) -> std::collections::HashMap<i32, super::ProcStat> {
         std::collections::HashMap::new()
     }
 }
@@ -526,5 +567,32 @@ mod tests {
         let u = u.expect("the spinning child is in the snapshot");
         assert!(u.rss > 0);
         assert!(u.cpu > 0.0, "{u:?}");
+    }
+
+    /// A snapshot that missed a running process (started after it was
+    /// taken) shows it alive once asked to include it; a stranger on a
+    /// recorded pid (other start time) and a pid nobody holds stay dead.
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    #[test]
+    fn include_adds_what_runs_and_nothing_else() {
+        let me = Identity::of(std::process::id() as i32).expect("own identity");
+        let stranger = Identity {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        let nobody = Identity {
+            pid: i32::MAX,
+            start_time: 1,
+        };
+        let mut snapshot = Snapshot::from_procs(Instant::now(), HashMap::new());
+        assert!(!snapshot.is_alive(me));
+        snapshot.include([stranger, nobody]);
+        // Reading the stranger's pid found the process that holds it: us.
+        // (identity, alive after include, processes in its tree)
+        let table = [(me, true, 1), (stranger, false, 0), (nobody, false, 0)];
+        for (id, alive, tree) in table {
+            assert_eq!(snapshot.is_alive(id), alive, "{id:?}");
+            assert_eq!(snapshot.tree(id).len(), tree, "{id:?}");
+        }
     }
 }

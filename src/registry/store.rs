@@ -14,6 +14,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fs2::FileExt;
@@ -121,6 +122,27 @@ enum Wait {
 pub struct Store {
     paths: Paths,
     wait: Wait,
+    /// The daemon's writer only: what it wrote last (see [`Written`]).
+    written: Option<Arc<Mutex<Option<Written>>>>,
+}
+
+/// The registry as this store last saved it, with the exact bytes saved. A
+/// load under the lock that reads the same bytes takes this instead of
+/// parsing them again: the daemon's writer rewrites the whole file every
+/// health round, and the parse was half of that write's cost. Comparing the
+/// bytes (not the inode or the time stamps, which a writer outside the lock
+/// or a reused inode can leave equal) makes a change by anyone else always
+/// a miss; parsing what we serialised gives back what we serialised (the
+/// round trip is tested), so a hit is exactly what a parse would return.
+struct Written {
+    bytes: Vec<u8>,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Written({} bytes)", self.bytes.len())
+    }
 }
 
 /// Lock held for the duration of one operation; released on drop (and by
@@ -149,6 +171,7 @@ impl Store {
         Store {
             paths,
             wait: Wait::Deadline(lock_deadline()),
+            written: None,
         }
     }
 
@@ -159,6 +182,7 @@ impl Store {
         Store {
             paths,
             wait: Wait::Patient(lock_deadline()),
+            written: Some(Arc::default()),
         }
     }
 
@@ -169,7 +193,7 @@ impl Store {
     /// Reads the registry under the shared lock. A missing file is an empty registry.
     pub fn read(&self) -> Result<Registry, StoreError> {
         let (root, _guard) = self.lock(false)?;
-        self.load(&root, false)
+        self.load(&root, false, false)
     }
 
     /// Reads under the shared lock if it can be had within `patience`; else
@@ -186,7 +210,7 @@ impl Store {
                 "registry lock held too long; reading without it"
             );
         }
-        let registry = self.load(&root, false);
+        let registry = self.load(&root, false, false);
         drop(guard);
         registry
     }
@@ -261,13 +285,36 @@ impl Store {
         E: From<StoreError>,
     {
         let (root, _guard) = self.lock(true)?;
-        let mut registry = self.load(&root, true)?;
+        // Taken out of the cache (no copy): a failed or unchanged `op` may
+        // have changed it half-way, so only a saved registry goes back.
+        let mut registry = self.load(&root, true, true)?;
         let (out, changed) = op(&mut registry)?;
         if changed {
             registry.last_change = now_millis();
-            self.save(&root, &registry)?;
+            let bytes = self.save(&root, &registry)?;
+            self.remember(bytes, registry);
         }
         Ok(out)
+    }
+
+    /// What a load that reads `bytes` would parse, if this store saved them
+    /// last: taken out of the cache with `take`, else copied.
+    fn recall(&self, bytes: &[u8], take: bool) -> Option<Registry> {
+        let mut written = self.written.as_ref()?.lock().ok()?;
+        if written.as_ref()?.bytes != bytes {
+            return None;
+        }
+        if take {
+            written.take().map(|w| w.registry)
+        } else {
+            written.as_ref().map(|w| w.registry.clone())
+        }
+    }
+
+    fn remember(&self, bytes: Vec<u8>, registry: Registry) {
+        if let Some(Ok(mut written)) = self.written.as_ref().map(|w| w.lock()) {
+            *written = Some(Written { bytes, registry });
+        }
     }
 
     fn check_root(&self) -> Result<(), StoreError> {
@@ -354,7 +401,9 @@ impl Store {
     /// Loads the file; the caller holds the lock. With `for_write`, a corrupt
     /// file is first copied aside so the evidence survives whatever the user
     /// does next.
-    fn load(&self, root: &Dir, for_write: bool) -> Result<Registry, StoreError> {
+    /// With `take`, a registry this store saved last is taken out of its
+    /// cache rather than copied (the caller saves what it makes of it).
+    fn load(&self, root: &Dir, for_write: bool, take: bool) -> Result<Registry, StoreError> {
         let path = self.paths.registry();
         let bytes = match root.read(REGISTRY_FILE, MAX_REGISTRY_BYTES) {
             Ok(b) => b,
@@ -362,6 +411,9 @@ impl Store {
             Err(e) if fsx::is_refusal(&e) => return Err(StoreError::Refused(e)),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
+        if let Some(registry) = self.recall(&bytes, take) {
+            return Ok(registry);
+        }
         serde_json::from_slice(&bytes).map_err(|e| {
             let kept = if for_write {
                 self.keep_corrupt(root, &bytes)
@@ -405,14 +457,16 @@ impl Store {
         }
     }
 
-    fn save(&self, root: &Dir, registry: &Registry) -> Result<(), StoreError> {
+    /// Saves `registry`; returns the bytes now in the file.
+    fn save(&self, root: &Dir, registry: &Registry) -> Result<Vec<u8>, StoreError> {
         let path = self.paths.registry();
-        let write = || -> io::Result<()> {
+        let write = || -> io::Result<Vec<u8>> {
             let mut json = serde_json::to_vec_pretty(registry)?;
             json.push(b'\n');
             // A temp file with an unpredictable name (O_EXCL), renamed over
             // the registry: a planted link is replaced, never written through.
-            root.replace(REGISTRY_FILE, &json)
+            root.replace(REGISTRY_FILE, &json)?;
+            Ok(json)
         };
         write().map_err(|source| StoreError::Write { path, source })
     }
@@ -518,12 +572,19 @@ fn flock_holders(text: &str, major: u64, minor: u64, inode: u64) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::model::ServiceKey;
+    use crate::registry::model::{Scope, ServiceKey, ServiceRecord};
     use std::os::unix::fs::PermissionsExt;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(Paths::new(dir.path()));
+        (dir, store)
+    }
+
+    /// The daemon's writer: the one store that keeps what it wrote.
+    fn patient_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::patient(Paths::new(dir.path()));
         (dir, store)
     }
 
@@ -548,6 +609,111 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+    }
+
+    /// What the daemon's writer keeps of its last save is what a parse of
+    /// the file gives back: the seed's file and one with psm's own fields
+    /// survive parse → save → parse unchanged, byte for byte.
+    #[test]
+    fn a_saved_registry_parses_back_to_itself() {
+        let seed: Registry =
+            serde_json::from_str(include_str!("../../tests/data/seed-registry.json")).unwrap();
+        let (_dir, store) = patient_store();
+        let mut with_ours = seed.clone();
+        let me = crate::process::Identity {
+            pid: 42,
+            start_time: 123_456,
+        };
+        let mut record = ServiceRecord::new(&Scope::Global, "sleep 1", me, 1_760_000_000_000);
+        record.pgid = Some(42);
+        record
+            .metadata
+            .insert("ratio".into(), serde_json::json!(0.1 + 0.2));
+        with_ours.insert(&ServiceKey::global("mine"), record);
+        for registry in [seed, with_ours] {
+            let bytes = store
+                .save(&Dir::open(store.paths.root()).unwrap(), &registry)
+                .unwrap();
+            let back: Registry = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(back, registry);
+            assert_eq!(
+                serde_json::to_vec_pretty(&back).unwrap(),
+                bytes[..bytes.len() - 1]
+            );
+        }
+    }
+
+    /// The writer's cache never hides a change made by anyone else: another
+    /// store's locked write, and an edit in place that keeps the length
+    /// (outside the lock, as a hand edit would be), are both read.
+    #[test]
+    fn the_writers_cache_sees_every_other_change() {
+        let (_dir, writer) = patient_store();
+        let other = Store::new(writer.paths.clone());
+        let stamp = |store: &Store, name: &str| {
+            store
+                .update(|reg| {
+                    reg.extra.insert(name.into(), "1".into());
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap()
+        };
+        stamp(&writer, "a");
+        stamp(&other, "b");
+        assert!(writer.read().unwrap().extra.contains_key("b"));
+        stamp(&writer, "c");
+        let reg = other.read().unwrap();
+        assert!(
+            ["a", "b", "c"].iter().all(|k| reg.extra.contains_key(*k)),
+            "{reg:?}"
+        );
+        // Same length, other bytes: "c": "1" becomes "c": "2".
+        let path = writer.paths.registry();
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace(r#""c": "1""#, r#""c": "2""#);
+        fs::write(&path, text).unwrap();
+        assert_eq!(writer.read().unwrap().extra["c"], "2");
+        stamp(&writer, "d");
+        assert_eq!(other.read().unwrap().extra["c"], "2");
+    }
+
+    /// An operation that fails half-way leaves the writer's next load with
+    /// the file as it is, not with the half-changed registry.
+    #[test]
+    fn a_failed_operation_does_not_stay_in_the_writers_cache() {
+        let (_dir, writer) = patient_store();
+        writer
+            .update(|reg| {
+                reg.extra.insert("kept".into(), "1".into());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let res: Result<(), String> = writer.update(|reg| {
+            reg.extra.insert("half".into(), "1".into());
+            Err("no".to_string())
+        });
+        assert!(res.is_err());
+        let reg = writer.read().unwrap();
+        assert!(
+            reg.extra.contains_key("kept") && !reg.extra.contains_key("half"),
+            "{reg:?}"
+        );
+        // Nor one that changed it but said it did not.
+        writer
+            .update_if(|reg| {
+                reg.extra.insert("unsaid".into(), "1".into());
+                Ok::<_, StoreError>(((), false))
+            })
+            .unwrap();
+        writer
+            .update(|reg| {
+                reg.extra.insert("next".into(), "1".into());
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let reg = Store::new(writer.paths.clone()).read().unwrap();
+        assert!(!reg.extra.contains_key("unsaid"), "{reg:?}");
     }
 
     #[test]

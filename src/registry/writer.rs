@@ -33,6 +33,12 @@ pub enum RegistryOp {
     /// Removes a record, only if it still names `pid` (when given): a record
     /// replaced by someone else in the meantime stays.
     Remove { key: ServiceKey, pid: Option<i32> },
+    /// One health round of the services without a probe: `lastHealthCheck`
+    /// of each named record that is `running` becomes `at`. Their check is
+    /// the exit watcher's, which reports a death at once, so a record still
+    /// running at the round was checked then; any other record is left for
+    /// its actor to write (the coordinator asks it to, see `RefreshRecord`).
+    Stamp { keys: Vec<ServiceKey>, at: u64 },
     /// Removes the records of a session's stopped services and, once it has
     /// none left, the session itself.
     EndSession {
@@ -184,6 +190,16 @@ pub fn apply(registry: &mut Registry, op: RegistryOp) -> bool {
                 .is_some_and(|r| pid.is_none() || r.pid == pid);
             matches && registry.remove(&key).is_some()
         }
+        RegistryOp::Stamp { keys, at } => {
+            keys.iter()
+                .fold(false, |acc, key| match registry.get_mut(key) {
+                    Some(r) if r.status == super::status::RUNNING => {
+                        r.last_health_check = at;
+                        true
+                    }
+                    _ => acc,
+                })
+        }
         RegistryOp::EndSession { id, stopped } => {
             crate::registry::manager::remove_stopped(registry, &id, &stopped).0 > 0
                 || registry.sessions.contains_key(&id)
@@ -242,5 +258,46 @@ impl Handler<ReadRegistry> for RegistryActor {
         self.store
             .read()
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Identity;
+    use crate::registry::{status, Scope};
+
+    /// A round's stamp moves `lastHealthCheck` of running records only, and
+    /// says it changed nothing when no named record runs (no rewrite).
+    #[test]
+    fn a_stamp_touches_running_records_only() {
+        let id = Identity {
+            pid: 7,
+            start_time: 1,
+        };
+        let mut registry = Registry::default();
+        let key = |n: &str| ServiceKey::global(n);
+        for (name, state) in [("up", status::RUNNING), ("down", status::BACKOFF)] {
+            let mut r = ServiceRecord::new(&Scope::Global, "x", id, 10);
+            r.status = state.into();
+            registry.insert(&key(name), r);
+        }
+        let stamp = |keys: &[&str], at| RegistryOp::Stamp {
+            keys: keys.iter().map(|n| key(n)).collect(),
+            at,
+        };
+        // (keys, changed, then up's stamp, down's stamp)
+        let table: [(&[&str], bool, u64, u64); 4] = [
+            (&["down"], false, 10, 10),
+            (&["gone"], false, 10, 10),
+            (&["up", "down", "gone"], true, 20, 10),
+            (&[], false, 20, 10),
+        ];
+        for (i, (keys, changed, up, down)) in table.into_iter().enumerate() {
+            let at = 20;
+            assert_eq!(apply(&mut registry, stamp(keys, at)), changed, "row {i}");
+            let seen = |n: &str| registry.get(&key(n)).unwrap().last_health_check;
+            assert_eq!((seen("up"), seen("down")), (up, down), "row {i}");
+        }
     }
 }

@@ -48,6 +48,15 @@ pub struct RestartService {
     pub force: bool,
 }
 
+/// Coordinator → `ServiceActor` without a health probe: this round's stamp
+/// (`RegistryOp::Stamp`) missed your record (gone, or changed by someone
+/// else): write it whole if your run is up and ready, as a probed round
+/// would. Such a service has no round timer of its own (see
+/// docs/architecture.md, "Health-check sequence").
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RefreshRecord;
+
 /// `ServiceActor` → probe actor: is this instance healthy now?
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), String>")]

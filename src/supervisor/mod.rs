@@ -11,5 +11,7 @@ pub mod policy;
 pub mod service;
 
 pub use extension::{Extensions, KindContext, ServiceHandle, ServiceKind};
-pub use messages::{ProbeHealth, Readiness, ReadinessChanged, RestartService, StopService};
+pub use messages::{
+    ProbeHealth, Readiness, ReadinessChanged, RefreshRecord, RestartService, StopService,
+};
 pub use service::ServiceActor;

@@ -34,7 +34,9 @@ use tracing::{debug, error, info, warn};
 
 use super::fingerprint::{spec_hash, SPEC_HASH_KEY};
 use super::health;
-use super::messages::{ProbeHealth, Readiness, ReadinessChanged, RestartService, StopService};
+use super::messages::{
+    ProbeHealth, Readiness, ReadinessChanged, RefreshRecord, RestartService, StopService,
+};
 use super::phase::{probe_failure_counts, ready_when, Action, Event, Lifecycle, Phase, ReadyWhen};
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
@@ -860,7 +862,29 @@ impl Actor for ServiceActor {
             Some((record, identity)) => self.adopt(record, identity, ctx),
             None => self.spawn(ctx),
         }
-        health::every_round(ctx, self.health_interval, Self::health_tick);
+        // Without a probe the round only stamps the record: the coordinator
+        // stamps them all in one registry change (a timer, a wake and a
+        // record per service per round were most of the idle cost).
+        if self.inst.spec.health.is_some() {
+            health::every_round(ctx, self.health_interval, Self::health_tick);
+        }
+    }
+}
+
+impl Handler<RefreshRecord> for ServiceActor {
+    type Result = ();
+
+    /// The round's stamp missed this record: written whole, as the round
+    /// of a probed service writes it, when the run is up and ready.
+    fn handle(&mut self, _: RefreshRecord, _: &mut Context<Self>) {
+        let up = self
+            .run
+            .filter(|r| self.state.phase == Phase::Running && !r.settling)
+            .is_some_and(|r| r.started.elapsed() >= self.inst.spec.start_period);
+        if up {
+            self.set_ready(true);
+            self.persist(status::RUNNING);
+        }
     }
 }
 
