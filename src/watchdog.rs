@@ -322,6 +322,9 @@ fn recover(
                 if signal_tree(identity, None, Signal::SIGKILL) {
                     actions.push(format!("killed unresponsive coordinator pid {holder}"));
                     wait_gone(identity);
+                    // Its lock outlives its pid for a moment: a coordinator
+                    // started before it is released finds it held and exits.
+                    CoordinatorLock::wait_leaving(paths, Duration::from_secs(10));
                 }
             }
             None => actions.push(format!(

@@ -195,6 +195,24 @@ impl CoordinatorLock {
         proved.then_some(now)
     }
 
+    /// The lock is held but names no live coordinator: the one that held it
+    /// died and is still leaving (its lock goes only when its last thread
+    /// has exited; a thread in `fsync` on a loaded disk, or an inotify
+    /// instance's teardown, finishes that first), or a new one has not yet
+    /// written its pid. Waits up to `patience` for either to settle and
+    /// returns the holder then, so whoever starts a coordinator next starts
+    /// one instead of finding a dead one "already running".
+    pub fn wait_leaving(paths: &Paths, patience: std::time::Duration) -> Option<Option<i32>> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let holder = Self::holder(paths);
+            if holder != Some(None) || std::time::Instant::now() >= deadline {
+                return holder;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The pid of the coordinator holding the lock, if one does.
     pub fn holder(paths: &Paths) -> Option<Option<i32>> {
         let mut file = Self::open_held(paths)?;
