@@ -329,6 +329,9 @@ fn recover(
             )),
         }
     }
+    // A killed coordinator's lock outlives its pid a moment: a successor
+    // started in that moment finds it held and leaves at once.
+    CoordinatorLock::wait_leaving(paths);
     let started = now_millis();
     // With --respect-down: should `psm down` run while we recover, the new
     // coordinator sees its mark and starts nothing.

@@ -28,8 +28,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `up` or `down` waits for the other to finish: a `down` may wait
 /// out long stop timeouts.
 const UPDOWN_PATIENCE: Duration = Duration::from_secs(300);
-/// How long `up` waits for a dead coordinator to finish leaving.
-const LEAVING_PATIENCE: Duration = Duration::from_secs(10);
 /// How long the coordinator has to acknowledge `down` (it replies at once).
 const DOWN_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What `down` allows beyond the longest stop timeout: the last registry
@@ -118,7 +116,7 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
         holder = CoordinatorLock::holder(paths);
     }
     if holder == Some(None) {
-        holder = wait_leaving(paths);
+        holder = CoordinatorLock::wait_leaving(paths);
     }
     let child = match holder {
         Some(pid) => {
@@ -131,23 +129,6 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
     wait_recorded(manager, &config);
     output::print_status(&manager.get_health_status()?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The lock is held but names no live coordinator: the one that held it
-/// died and is still leaving (its lock goes only when its last thread has
-/// exited; a thread in `fsync` on a loaded disk finishes that first), or a
-/// new one has not yet written its pid. Waits up to [`LEAVING_PATIENCE`] for
-/// either to settle, so `up` right after a crash starts a coordinator
-/// instead of reporting one "already running".
-fn wait_leaving(paths: &Paths) -> Option<Option<i32>> {
-    let deadline = Instant::now() + LEAVING_PATIENCE;
-    loop {
-        let holder = CoordinatorLock::holder(paths);
-        if holder != Some(None) || Instant::now() >= deadline {
-            return holder;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits (briefly) until every global service of the config has a record, so
@@ -307,7 +288,7 @@ pub fn down(paths: &Paths) -> CliResult {
     let store = Store::new(paths.clone());
     let mut holder = CoordinatorLock::holder(paths);
     if holder == Some(None) {
-        holder = wait_leaving(paths);
+        holder = CoordinatorLock::wait_leaving(paths);
     }
     let Some(holder) = holder else {
         return down_without_coordinator(paths, &store, was_down);
