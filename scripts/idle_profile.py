@@ -13,6 +13,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--psm", required=True)
 ap.add_argument("--n", type=int, default=1000)
 ap.add_argument("--idle", type=float, default=20)
+ap.add_argument("--settle", type=float, default=3,
+                help="seconds between all N running and the idle window (the first rounds cost more)")
 ap.add_argument("--strace", action="store_true")
 ap.add_argument("--perf", default=None, help="perf record output file for the idle window")
 ap.add_argument("--status", type=int, default=20, help="status --json runs")
@@ -27,7 +29,7 @@ try:
     tool.prepare(o.n)
     daemon, times = b.start_all(tool, o.n, 60 + o.n * 0.2)
     print("start", times, "load", b.loadavg(), flush=True)
-    time.sleep(3)
+    time.sleep(o.settle)
     print("rss_mib", b.rss_mib(daemon))
     aux = None
     if o.strace:
