@@ -50,3 +50,44 @@ command = ["sh", "tree.sh"]
         "the new run's own child is left alone"
     );
 }
+
+/// `psm cleanup` while no coordinator runs does not drop a dead leader's
+/// record and leave its group's members running with nothing to name them
+/// (no later coordinator could find them then): it ends the members that
+/// prove they are the service's (psm's marker), then removes the record.
+#[test]
+fn cleanup_ends_what_a_dead_leader_left_before_dropping_its_record() {
+    let root = Root::new();
+    root.script(
+        "tree.sh",
+        "sleep 1000 &\necho $! > \"$PSM_ROOT/grandchild.$$\"\nwait",
+    );
+    root.write_config(
+        r#"health-interval = "100ms"
+[[service]]
+name = "tree"
+type = "global"
+command = ["sh", "tree.sh"]
+"#,
+    );
+    let coordinator = root.up();
+    let leader = root.service_pid("tree");
+    let grandchild = root.pid_from(&format!("grandchild.{leader}"));
+    root.reaper.pid(grandchild); // killed on drop should the test fail
+    sigkill(coordinator);
+    wait_for(LIMIT, "coordinator gone", || !alive(coordinator));
+    sigkill(leader);
+    wait_for(LIMIT, "leader gone", || !alive(leader));
+    assert!(alive(grandchild), "the grandchild outlives its leader");
+
+    root.ok(&["cleanup"]);
+    wait_for(
+        LIMIT,
+        "the dead leader's grandchild ended by cleanup",
+        || !alive(grandchild),
+    );
+    assert!(
+        root.registry()["services"]["global"].get("tree").is_none(),
+        "the dead record is removed"
+    );
+}

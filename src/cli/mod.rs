@@ -166,7 +166,7 @@ pub fn run_with(cli: Cli, extensions: Extensions) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup(a) => {
-            let report = manager.cleanup_dead_processes()?;
+            let report = cleanup_dead(&paths, &manager)?;
             if a.json {
                 output::print_json(&report);
             } else {
@@ -286,4 +286,19 @@ fn scope_of(
         }
         None => Err(InputError::Type(service_type.to_string())),
     }
+}
+
+/// `psm cleanup` (and `verify --fix`): dead records go, and what their
+/// process groups left running goes with them, except the remnants of a
+/// running coordinator's own services, which it ends (or lets carry the
+/// service on, for a daemonizing one) itself when it sees their leader exit.
+fn cleanup_dead(
+    paths: &Paths,
+    manager: &StateManager,
+) -> Result<crate::registry::manager::CleanupReport, ManagerError> {
+    let coordinator_runs = crate::coordinator::CoordinatorLock::holder(paths).is_some();
+    manager.cleanup_dead_processes_ending(|record| {
+        !coordinator_runs
+            || record.metadata.get("managedBy").and_then(Value::as_str) != Some("coordinator")
+    })
 }

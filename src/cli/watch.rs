@@ -110,7 +110,7 @@ pub fn verify(paths: &Paths, manager: &StateManager, args: &VerifyArgs) -> CliRe
             findings = verify::verify(paths, &config, home.as_deref());
         }
         if failed(&findings, "dead records") {
-            let report = manager.cleanup_dead_processes()?;
+            let report = super::cleanup_dead(paths, manager)?;
             fixed.push(format!("removed {} dead record(s)", report.cleaned()));
         }
         if failed(&findings, "coordinator") && !failed(&findings, "config") {

@@ -348,7 +348,25 @@ impl StateManager {
     /// session that does not exist (stopping their services),
     /// then removes every record whose process is gone. Records without a
     /// process (a `failed` service) are state, not processes, and stay.
+    ///
+    /// A dead leader may have left members in its process group (a
+    /// grandchild that outlived it). Its record is the only thing that
+    /// names them: dropped, nothing would ever find them again. So before a
+    /// dead record goes, what still runs of its group and proves itself the
+    /// service's (psm's marker; see `process::group`) is stopped.
     pub fn cleanup_dead_processes(&self) -> Result<CleanupReport, ManagerError> {
+        self.cleanup_dead_processes_ending(|_| true)
+    }
+
+    /// [`Self::cleanup_dead_processes`], ending the remnants of a dead
+    /// record's group only where `end_remnants` says so: a running
+    /// coordinator ends those of its own services itself when it sees the
+    /// leader's exit, and may be about to let one of them carry the
+    /// service on (a daemonizing service), so the CLI leaves them to it.
+    pub fn cleanup_dead_processes_ending(
+        &self,
+        end_remnants: impl Fn(&ServiceRecord) -> bool,
+    ) -> Result<CleanupReport, ManagerError> {
         let mut report = CleanupReport::default();
         let dead_sessions = self.store.read()?.sessions_to_end(SessionRecord::is_alive);
         for id in dead_sessions {
@@ -359,6 +377,15 @@ impl StateManager {
                 Err(e) => return Err(e),
             }
         }
+        let remnants: Vec<(String, ServiceRecord)> = self
+            .store
+            .read()?
+            .services()
+            .filter(|(_, r)| r.pid.is_some() && !r.is_alive() && end_remnants(r))
+            .map(|(key, r)| (key.name, r.clone()))
+            .collect();
+        // Only groups with members left cost more than a signal-0 probe.
+        self.stop_services(&remnants);
         report.removed = self.store.update_if(|registry| {
             let dead: Vec<(ServiceKey, i32)> = registry
                 .services()
