@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix::prelude::*;
-use psm::process::{detached_command, signal_tree, DetachedSpec, Identity};
+use psm::process::{signal_tree, DetachedSpec, Identity};
 use psm::registry::{RegistryOp, ServiceRecord};
 use psm::supervisor::{
     Extensions, KindContext, RestartService, ServiceHandle, ServiceKind, StopService,
@@ -81,32 +81,28 @@ impl JobActor {
             env: spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
             log: self.ctx.paths.service_log(&self.ctx.instance.label),
         };
-        let mut child = match detached_command(&detached)
-            .and_then(|c| tokio::process::Command::from(c).spawn())
-        {
-            Ok(c) => c,
+        // The coordinator's reaper waits for every child it has: a child
+        // spawned through it hands its exit status here (a child waited for
+        // any other way would have its status taken by the reaper).
+        let spawned = psm::process::reaper::spawn_owned(|| {
+            psm::process::spawn::spawn_pid(&detached, Default::default())
+        });
+        let (identity, exit) = match spawned {
+            Ok(s) => s,
             Err(e) => {
                 self.last_exit = Some(format!("could not start: {e}"));
                 self.persist("idle");
                 return;
             }
         };
-        let pid = child.id().unwrap_or(0) as i32;
-        // The coordinator reaps the orphans it inherits: a child we wait
-        // for ourselves is claimed, so its exit status stays ours.
-        psm::process::tree::claim_child(pid);
-        self.running = Identity::of(pid);
+        self.running = Some(identity);
         self.runs += 1;
         self.persist("running");
         ctx.spawn(
             async move {
-                let how = child
-                    .wait()
-                    .await
+                exit.await
                     .map(|s| s.to_string())
-                    .unwrap_or_else(|e| e.to_string());
-                psm::process::tree::release_child(pid);
-                how
+                    .unwrap_or_else(|_| "exit status lost".to_string())
             }
             .into_actor(self)
             .map(|how, act, _| {

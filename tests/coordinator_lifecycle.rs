@@ -751,52 +751,56 @@ fn up_reports_why_the_coordinator_died_at_start_up() {
     );
 }
 
-/// The coordinator raises its soft open-file limit to the hard one (it may
-/// supervise thousands of services, each costing it descriptors), and its
-/// services get back the soft limit psm was started with, not psm's.
+/// The coordinator raises its soft open-file limit to the hard one when its
+/// services could run short of descriptors (here: under a soft limit of 64),
+/// else leaves it (under 512, one service); either way its services get the
+/// soft limit psm was started with, not psm's (the raised case starts them
+/// by fork + exec to give it back, the other by posix_spawn).
 #[cfg(target_os = "linux")]
 #[test]
 fn the_coordinator_raises_its_file_limit_and_services_get_the_original() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     use std::os::unix::process::CommandExt;
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    let soft = 256.min(hard - 1);
-    let root = Root::new();
-    let script = root.script("svc.sh", "ulimit -n > \"$0.limit\"\nexec sleep 1000");
-    root.write_config(&format!(
-        "[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"{}\"]\n",
-        script.display()
-    ));
-    let mut up = root.cmd();
-    up.arg("up");
-    // SAFETY: setrlimit is an async-signal-safe system call.
-    unsafe {
-        up.pre_exec(move || Ok(setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?));
+    for (soft, raised) in [(64.min(hard - 1), true), (512.min(hard - 1), false)] {
+        let root = Root::new();
+        let script = root.script("svc.sh", "ulimit -n > \"$0.limit\"\nexec sleep 1000");
+        root.write_config(&format!(
+            "[[service]]\nname = \"svc\"\ntype = \"global\"\ncommand = [\"{}\"]\n",
+            script.display()
+        ));
+        let mut up = root.cmd();
+        up.arg("up");
+        // SAFETY: setrlimit is an async-signal-safe system call.
+        unsafe {
+            up.pre_exec(move || Ok(setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?));
+        }
+        let out = up.output().unwrap();
+        assert!(out.status.success(), "psm up: {}", stderr(&out));
+        let coordinator = root.coordinator_pid().expect("a coordinator after psm up");
+        wait_until(LONG, "the service wrote its open-file limit", || {
+            let limit = fs::read_to_string(root.file("svc.sh.limit")).unwrap_or_default();
+            (limit.trim() == soft.to_string())
+                .then_some(())
+                .ok_or(limit)
+        });
+        let limits = fs::read_to_string(format!("/proc/{coordinator}/limits")).unwrap();
+        let open_files = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_string();
+        let want = if raised { hard } else { soft };
+        assert_eq!(
+            open_files,
+            want.to_string(),
+            "coordinator's soft limit (started with {soft}):\n{limits}"
+        );
+        root.ok(&["down"]);
     }
-    let out = up.output().unwrap();
-    assert!(out.status.success(), "psm up: {}", stderr(&out));
-    let coordinator = root.coordinator_pid().expect("a coordinator after psm up");
-    wait_until(LONG, "the service wrote its open-file limit", || {
-        let limit = fs::read_to_string(root.file("svc.sh.limit")).unwrap_or_default();
-        (limit.trim() == soft.to_string())
-            .then_some(())
-            .ok_or(limit)
-    });
-    let limits = fs::read_to_string(format!("/proc/{coordinator}/limits")).unwrap();
-    let open_files = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        open_files,
-        hard.to_string(),
-        "coordinator's soft limit:\n{limits}"
-    );
-    root.ok(&["down"]);
 }
 
 /// Edits the registry under its exclusive lock, as every writer does.

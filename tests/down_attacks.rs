@@ -167,11 +167,14 @@ fn an_impostor_on_the_socket_does_not_vouch_for_a_hung_coordinator() {
     root.write_config(FAST);
     let coordinator = root.up();
     root.reaper.pid(coordinator);
-    unsafe { libc::kill(coordinator, libc::SIGSTOP) };
     // The record goes, under the registry lock as every writer takes it.
     {
         let lock = fs::File::open(root.file(".live-process-registry.json.lock")).unwrap();
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        // Stopped while we hold the lock, so it cannot be holding it: one
+        // stopped mid-write would keep our flock waiting forever (seen
+        // under load).
+        unsafe { libc::kill(coordinator, libc::SIGSTOP) };
         let mut reg = root.registry();
         reg["services"]["global"]
             .as_object_mut()

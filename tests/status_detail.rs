@@ -259,3 +259,125 @@ fn parent_of(pid: i32) -> Option<i32> {
         .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
+
+/// Exits that arrive together (one SIGCHLD may stand for many) each reach
+/// the run they belong to: twelve services blocked on one FIFO are released
+/// at once and exit with codes of their own; each records its own code,
+/// exactly once, and runs again.
+#[test]
+fn exits_arriving_together_each_reach_their_own_service() {
+    use std::io::Write;
+    let root = Root::new();
+    let fifo = root.file("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Held open for reading and writing, so no service's open blocks and
+    // each `read` takes one line.
+    let mut go = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    // The first run waits for its line and exits; later runs stay up.
+    let script = root.script(
+        "svc.sh",
+        "[ -e \"$0.$1\" ] && exec sleep 1000\n: > \"$0.$1\"\nread line < \"$0.fifo\"\nexit \"$1\"",
+    );
+    std::fs::rename(&fifo, root.file("svc.sh.fifo")).unwrap();
+    let codes: Vec<u8> = (10..22).collect();
+    let mut config = String::from(FAST);
+    for code in &codes {
+        config.push_str(&format!(
+            "[[service]]\nname = \"s{code}\"\ntype = \"global\"\ncommand = [\"{}\", \"{code}\"]\nrestart = {{ base = \"0s\", max = \"0s\" }}\n",
+            script.display()
+        ));
+    }
+    root.write_config(&config);
+    root.up();
+    for code in &codes {
+        root.service_pid(&format!("s{code}"));
+    }
+    go.write_all(&vec![b'\n'; codes.len()]).unwrap();
+    for code in &codes {
+        let name = format!("s{code}");
+        let record = last_exit_where(&root, &name, |e| !e.is_null());
+        assert_eq!(record["lastExit"]["code"], u64::from(*code), "{record}");
+        assert_eq!(
+            record["exits"].as_array().map(Vec::len),
+            Some(1),
+            "{record}"
+        );
+        root.service_pid(&name);
+    }
+    root.ok(&["down"]);
+}
+
+/// A service's program is found as `exec` finds it from the service's own
+/// environment and directory: a bare name through the `PATH` its config
+/// sets, `./name` in its `cwd`, and a script without `#!` runs under
+/// `/bin/sh`. Each service writes its working directory to prove it ran.
+#[test]
+fn programs_are_found_through_the_services_own_path_and_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    let (bin, work) = (root.file("bin"), root.file("work"));
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let tool = |path: std::path::PathBuf, shebang: bool| {
+        let body = "pwd > \"$1\"\nexec sleep 1000\n";
+        let text = if shebang {
+            format!("#!/bin/sh\n{body}")
+        } else {
+            body.to_string()
+        };
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    tool(bin.join("psm-test-tool"), true);
+    tool(work.join("local-tool"), true);
+    tool(work.join("no-shebang"), false);
+    let mut config = String::from(FAST);
+    for (name, program, cwd, path) in [
+        (
+            "by-path",
+            "psm-test-tool",
+            root.path(),
+            bin.display().to_string(),
+        ),
+        (
+            "by-cwd",
+            "./local-tool",
+            work.as_path(),
+            "/usr/bin:/bin".to_string(),
+        ),
+        (
+            "no-shebang",
+            "./no-shebang",
+            work.as_path(),
+            "/usr/bin:/bin".to_string(),
+        ),
+    ] {
+        config.push_str(&format!(
+            "[[service]]\nname = \"{name}\"\ntype = \"global\"\ncommand = [\"{program}\", \"{}\"]\ncwd = \"{}\"\nenv = {{ PATH = \"{path}:/usr/bin:/bin\" }}\n",
+            root.file(&format!("{name}.ran")).display(),
+            cwd.display(),
+        ));
+    }
+    root.write_config(&config);
+    root.up();
+    for (name, cwd) in [
+        ("by-path", root.path()),
+        ("by-cwd", &work),
+        ("no-shebang", &work),
+    ] {
+        root.service_pid(name);
+        wait_until(WAIT, &format!("{name} ran"), || {
+            let ran =
+                std::fs::read_to_string(root.file(&format!("{name}.ran"))).unwrap_or_default();
+            let want = cwd.canonicalize().unwrap();
+            (std::path::Path::new(ran.trim()) == want)
+                .then_some(())
+                .ok_or(ran)
+        });
+    }
+    root.ok(&["down"]);
+}

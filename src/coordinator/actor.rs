@@ -412,6 +412,13 @@ impl CoordinatorActor {
             readiness: self.me_addr.clone().map(Recipient::from),
         };
         self.failed.remove(&instance.key);
+        // Thousands of services need thousands of descriptors (the services
+        // themselves get the limit psm started with back).
+        match crate::process::spawn::make_room_for(self.services.len() + 1) {
+            Ok(Some((from, to))) => info!(from, to, "raised the open-file limit"),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+        }
         let (handle, unprobed) = match self.extensions.kind_for(&instance.spec.kind) {
             Some(kind) => {
                 // An extension kind may not report readiness: it counts as
@@ -572,8 +579,9 @@ impl CoordinatorActor {
         self.heartbeat();
         let round = self.stamp_unprobed();
         self.rotate_logs();
-        // The orphans we inherited as a subreaper that have exited.
-        let reaped = crate::process::tree::reap_inherited();
+        // A safety net under the SIGCHLD-driven reaper (one waitpid when
+        // nothing has exited).
+        let reaped = crate::process::reaper::reap();
         if !reaped.is_empty() {
             tracing::debug!(?reaped, "reaped inherited orphans");
         }

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use actix::prelude::*;
 use anyhow::Context as _;
 use fs2::FileExt;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use actor::{CoordinatorActor, COORDINATOR_NAME};
 
@@ -391,15 +391,8 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
         .context("creating the log directory")?;
     // Orphans of the services' descendants (a daemonizing service, a
     // `setsid` helper whose parent exited) become our children instead of
-    // init's: the services find them there, and the heartbeat reaps them.
+    // init's: the services find them there, and the reaper reaps them.
     let subreaper = crate::process::tree::become_subreaper();
-    // Thousands of services need thousands of descriptors; the services
-    // themselves get the limit psm started with back.
-    match crate::process::spawn::raise_nofile_limit() {
-        Ok(Some((from, to))) => info!(from, to, "raised the open-file limit"),
-        Ok(None) => {}
-        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
-    }
     prepare_socket_dir(&settings.paths)?;
     let listener = control::bind(&settings.paths, &lock)?;
     // Logs are kept within max-size as they are written, by a thread of
@@ -413,24 +406,40 @@ pub fn run(settings: Settings) -> anyhow::Result<Outcome> {
     let control_limits = settings.config.control;
     let system = System::new();
     let registry_thread = Arbiter::new();
+    // The coordinator and every service actor run on a thread of their own,
+    // not the main one: the services' leaders are then listed under it and
+    // the orphans the coordinator inherits under the main thread, so
+    // finding a service's orphans reads a short list (see
+    // `process::reaper::spawning_thread`).
+    let supervision_thread = Arbiter::new();
+    let (reaper_tx, reaper_rx) = std::sync::mpsc::sync_channel(1);
+    // Before the first spawn, on the thread that spawns: every child's exit
+    // goes through the reaper.
+    supervision_thread.spawn_fn(move || {
+        let _ = reaper_tx.send(crate::process::reaper::start());
+    });
+    reaper_rx
+        .recv()
+        .context("starting the child reaper")?
+        .context("starting the child reaper")?;
     system.block_on(async {
         let store = Store::patient(settings.paths.clone());
         let registry = RegistryActor::start_in_arbiter(&registry_thread.handle(), move |_| {
             RegistryActor::new(store)
         });
-        let coordinator = CoordinatorActor::new(
-            settings.paths.clone(),
-            settings.config_path.clone(),
-            settings.config,
-            settings.extensions,
-            registry,
-        )
-        .start();
+        let (paths, config_path) = (settings.paths.clone(), settings.config_path.clone());
+        let (config, extensions) = (settings.config, settings.extensions);
+        let coordinator =
+            CoordinatorActor::start_in_arbiter(&supervision_thread.handle(), move |_| {
+                CoordinatorActor::new(paths, config_path, config, extensions, registry)
+            });
         control::serve(listener, coordinator.clone(), control_limits);
         actor::forward_signals(coordinator);
     });
     info!(root = %settings.paths.root().display(), pid = std::process::id(), subreaper, "coordinator running");
     system.run().context("running the coordinator")?;
+    supervision_thread.stop();
+    supervision_thread.join().ok();
     registry_thread.stop();
     registry_thread.join().ok();
     let _ = fs::remove_file(settings.paths.control_socket());

@@ -6,6 +6,7 @@ pub mod identity;
 #[cfg(target_os = "macos")]
 pub mod macos;
 pub mod procargs;
+pub mod reaper;
 pub mod signal;
 pub mod sockets;
 pub mod spawn;

@@ -13,13 +13,21 @@ use super::identity::{Identity, ProcInfo};
 /// The direct children of `pid` right now (zombies included).
 #[cfg(target_os = "linux")]
 pub fn children(pid: i32) -> Vec<i32> {
+    children_except(pid, None)
+}
+
+/// The direct children of `pid`, but for those its thread `skip` forked.
+#[cfg(target_os = "linux")]
+fn children_except(pid: i32, skip: Option<i32>) -> Vec<i32> {
     // /proc/<pid>/task/<tid>/children lists the children each thread forked;
     // a multi-threaded parent spreads them over its tasks.
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
+    let skip = skip.map(|tid| std::ffi::OsString::from(tid.to_string()));
     tasks
         .flatten()
+        .filter(|task| skip.as_ref() != Some(&task.file_name()))
         .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
         .flat_map(|list| {
             list.split_ascii_whitespace()
@@ -117,40 +125,14 @@ pub fn reap_orphans(known: &std::collections::HashSet<i32>) -> Vec<i32> {
 }
 
 /// The pids of this process's children that their spawner waits for
-/// itself (a service leader's tokio `wait`): the orphan reaper leaves them
-/// alone, so it never steals an exit status. A reaper must never
-/// `waitpid(-1)`.
-/// A set, so that claiming, releasing and asking stay cheap with thousands
-/// of services.
-static OWN_CHILDREN: std::sync::Mutex<std::collections::BTreeSet<i32>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// Marks `pid` as a child its spawner waits for (see [`reap_inherited`]).
-pub fn claim_child(pid: i32) {
-    if let Ok(mut own) = OWN_CHILDREN.lock() {
-        own.insert(pid);
-    }
-}
-
-/// The spawner has reaped `pid`.
-pub fn release_child(pid: i32) {
-    if let Ok(mut own) = OWN_CHILDREN.lock() {
-        own.remove(&pid);
-    }
-}
-
+/// itself: those the reaper holds an owner for (see [`super::reaper`]). An
+/// orphan reaper must leave them alone, so it never steals an exit status.
 fn own_children() -> std::collections::HashSet<i32> {
-    OWN_CHILDREN
-        .lock()
-        .map(|own| own.iter().copied().collect())
-        .unwrap_or_default()
-}
-
-/// Reaps the exited orphans this subreaper inherited (every exited child
-/// nobody claimed with [`claim_child`]).
-#[cfg(unix)]
-pub fn reap_inherited() -> Vec<i32> {
-    reap_orphans(&own_children())
+    let me = std::process::id() as i32;
+    children(me)
+        .into_iter()
+        .filter(|pid| super::reaper::owns(*pid))
+        .collect()
 }
 
 /// The environment variable psm sets on its own daemons (the coordinator):
@@ -204,17 +186,11 @@ pub fn environ(pid: i32) -> Option<Vec<u8>> {
 /// attributed this way and is not returned. macOS has no subreaper: every
 /// orphan goes to launchd, so there the orphans are launchd's children.
 pub fn inherited_by(label: &str, root: &std::path::Path) -> Vec<Identity> {
-    inherited_among(children(orphans_parent()), label, root)
-}
-
-/// `kids` without the children their spawner waits for.
-fn unclaimed(kids: Vec<i32>) -> Vec<i32> {
-    let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    kids.into_iter().filter(|pid| !own.contains(pid)).collect()
+    inherited_among(orphan_candidates(), label, root)
 }
 
 fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<Identity> {
-    let unclaimed = unclaimed(kids);
+    let unclaimed = super::reaper::unowned(kids);
     let mut found: Vec<Identity> = unclaimed
         .into_iter()
         .filter_map(|pid| {
@@ -228,6 +204,23 @@ fn inherited_among(kids: Vec<i32>, label: &str, root: &std::path::Path) -> Vec<I
         .collect();
     found.sort_by_key(|id| id.start_time);
     found
+}
+
+/// The children among which a service's orphans are: this process's (on
+/// Linux) but for the spawning thread's list, which holds the services'
+/// leaders and never an orphan (see `reaper::spawning_thread`); launchd's
+/// on macOS.
+#[cfg(target_os = "linux")]
+fn orphan_candidates() -> Vec<i32> {
+    // The main thread's list is where the orphans are: never skip it.
+    let me = orphans_parent();
+    let spawning = super::reaper::spawning_thread().filter(|&tid| tid != me);
+    children_except(me, spawning)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn orphan_candidates() -> Vec<i32> {
+    children(orphans_parent())
 }
 
 /// Whose children an orphan of a service becomes: this process where it is

@@ -7,7 +7,8 @@
 //! - **start**: adopt the process a previous coordinator left running if its
 //!   identity still matches, else spawn a new one (own session, output
 //!   appended to `<root>/.logs/<label>.log`, the hash of its spec recorded);
-//! - **exit** is seen at once: the actor awaits its own child, or an adopted
+//! - **exit** is seen at once: the actor awaits its own child's status from
+//!   the coordinator's reaper (`process::reaper`), or an adopted
 //!   process's pidfd (Linux; elsewhere a poll every 500 ms). Whatever is left
 //!   of the process group is killed, then `policy::decide` says restart after
 //!   a backoff or give up (`failed`). Each attempt is a message to itself
@@ -40,8 +41,7 @@ use super::phase::{probe_failure_counts, ready_when, Action, Event, Lifecycle, P
 use crate::config::{HealthSpec, Instance};
 use crate::paths::Paths;
 use crate::process::{
-    detached_command, signal_marked, signal_tree, terminate, DetachedSpec, Identity, Marker,
-    ProcInfo, StopRequest,
+    signal_marked, signal_tree, terminate, DetachedSpec, Identity, Marker, ProcInfo, StopRequest,
 };
 use crate::registry::model::EXITS_KEPT;
 use crate::registry::{status, ExitRecord, RegistryHandle, RegistryOp, ServiceRecord};
@@ -298,15 +298,22 @@ impl ServiceActor {
                 .collect(),
             log: self.paths.service_log(&self.inst.label),
         };
-        let spawned = detached_command(&detached).and_then(|mut cmd| {
-            if crate::logs::timestamps() {
-                let pipe = start_stamper(&detached.log)?;
-                cmd.stdout(pipe.try_clone()?).stderr(pipe);
-            }
-            tokio::process::Command::from(cmd).spawn()
-        });
-        let mut child = match spawned {
-            Ok(child) => child,
+        // The reaper hands over the exit; the identity is read before the
+        // child can have been reaped.
+        let spawned = crate::logs::timestamps()
+            .then(|| start_stamper(&detached.log))
+            .transpose()
+            .and_then(|output| {
+                let io = crate::process::spawn::Stdio3 {
+                    stdin: None,
+                    output,
+                };
+                crate::process::reaper::spawn_owned(|| {
+                    crate::process::spawn::spawn_pid(&detached, io)
+                })
+            });
+        let (identity, exit) = match spawned {
+            Ok(spawned) => spawned,
             Err(e) => {
                 error!(error = %e, "cannot start");
                 // A run of no length: the state machine answers with a wait
@@ -329,10 +336,7 @@ impl ServiceActor {
                 return;
             }
         };
-        // Unreaped until our `wait` below, so the identity is readable even
-        // if it already exited.
-        let pid = child.id().map_or(0, |p| p as i32);
-        let identity = Identity::of(pid).unwrap_or(Identity { pid, start_time: 0 });
+        let pid = identity.pid;
         self.probe_failure = None;
         self.last_probe = None;
         self.run = Some(Run {
@@ -345,24 +349,16 @@ impl ServiceActor {
             settling: false,
         });
         info!(pid, attempt = self.state.failures, "started");
-        // We wait for it ourselves: the orphan reaper must leave it alone.
-        crate::process::tree::claim_child(pid);
         self.set_ready(false);
         self.await_readiness(Duration::ZERO, ctx);
         self.persist(self.run_status());
         ctx.spawn(
             async move {
-                let exit = match child.wait().await {
-                    Ok(s) => describe_exit(s),
-                    Err(e) => ExitRecord {
-                        time: now_millis(),
-                        code: None,
-                        signal: None,
-                        reason: format!("wait failed: {e}"),
-                    },
-                };
-                crate::process::tree::release_child(pid);
-                exit
+                match exit.await {
+                    Ok(status) => describe_exit(status),
+                    // The reaper went away (the runtime is ending).
+                    Err(_) => ExitRecord::unknown("exited (status lost at shutdown)"),
+                }
             }
             .into_actor(self)
             .map(move |exit, act, ctx| act.exited(generation, exit, ctx)),
@@ -982,26 +978,26 @@ fn exit_record(time: u64, code: Option<i32>, signal: Option<i32>) -> ExitRecord 
 /// Starts `psm log-stamp <log>` in a session of its own, reading a new
 /// pipe; returns the pipe's write end for the service's stdout and stderr.
 /// The stamper ends at end of input, when the service and all its
-/// descendants have closed the pipe. Dropped here unawaited: tokio reaps
-/// it in the background when it exits.
+/// descendants have closed the pipe; the reaper reaps it then.
 fn start_stamper(log: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::unix::process::CommandExt;
     let (reader, writer) = crate::process::spawn::cloexec_pipe()?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("log-stamp")
-        .arg(log)
-        .stdin(reader)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
-    tokio::process::Command::from(cmd).spawn()?;
+    let spec = DetachedSpec {
+        program: std::env::current_exe()?.into(),
+        args: vec!["log-stamp".into(), log.into()],
+        cwd: None,
+        env: Vec::new(),
+        log: log.to_path_buf(),
+    };
+    let io = crate::process::spawn::Stdio3 {
+        stdin: Some(reader),
+        output: Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")?
+                .into(),
+        ),
+    };
+    crate::process::reaper::spawn_unwatched(|| crate::process::spawn::spawn_pid(&spec, io))?;
     Ok(writer)
 }
 
