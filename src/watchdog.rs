@@ -322,9 +322,6 @@ fn recover(
                 if signal_tree(identity, None, Signal::SIGKILL) {
                     actions.push(format!("killed unresponsive coordinator pid {holder}"));
                     wait_gone(identity);
-                    // Its lock outlives its pid for a moment: a coordinator
-                    // started before it is released finds it held and exits.
-                    CoordinatorLock::wait_leaving(paths, Duration::from_secs(10));
                 }
             }
             None => actions.push(format!(
@@ -332,6 +329,9 @@ fn recover(
             )),
         }
     }
+    // A killed coordinator's lock outlives its pid a moment: a successor
+    // started in that moment finds it held and leaves at once.
+    CoordinatorLock::wait_leaving(paths);
     let started = now_millis();
     // With --respect-down: should `psm down` run while we recover, the new
     // coordinator sees its mark and starts nothing.

@@ -1231,3 +1231,51 @@ fn a_fifo_config_is_refused_by_the_watchdog_at_once() {
         watchdog_log(&root)
     );
 }
+
+/// The watchdog's recovery waits for a lock that outlives its holder's pid
+/// (a killed coordinator's last thread still leaving) instead of starting a
+/// coordinator that finds it held and leaves: with `.psm/coordinator.lock`
+/// naming a pid nobody holds, held a moment longer by another process, the
+/// check ends with a new coordinator running. Linux: flock(1) is util-linux's.
+#[cfg(target_os = "linux")]
+#[test]
+fn recovery_waits_for_a_dead_holders_lock() {
+    let root = Root::new();
+    root.write_config(FAST);
+    fs::create_dir_all(root.file(".psm")).unwrap();
+    let lock = root.file(".psm/coordinator.lock");
+    // A pid above any pid_max: nobody holds it, ever.
+    fs::write(&lock, "2147483646 1").unwrap();
+    let holder = support::Children(vec![Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .args(["sleep", "1000"])
+        .process_group(0)
+        .spawn()
+        .expect("flock(1)")]);
+    let pid = holder.0[0].id() as i32;
+    root.reaper.group(pid);
+    wait_until(LIMIT, "flock(1) holding the coordinator lock", || {
+        let file = fs::File::open(&lock).unwrap();
+        use std::os::fd::AsRawFd;
+        let held = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0;
+        if held {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    });
+    // The holder leaves a moment after the watchdog has started looking.
+    let release = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500)); // the window the watchdog must wait out
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        holder
+    });
+    let out = watchdog(&root, &["--json"]);
+    drop(release.join());
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("json verdict: {e}: {out:?}"));
+    assert_eq!(report["ok"], true, "{report}");
+    let next = root.coordinator_pid().expect("a new coordinator");
+    assert!(alive(next), "{report}");
+}

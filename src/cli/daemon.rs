@@ -28,8 +28,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `up` or `down` waits for the other to finish: a `down` may wait
 /// out long stop timeouts.
 const UPDOWN_PATIENCE: Duration = Duration::from_secs(300);
-/// How long `up` waits for a dead coordinator to finish leaving.
-const LEAVING_PATIENCE: Duration = Duration::from_secs(10);
 /// How long the coordinator has to acknowledge `down` (it replies at once).
 const DOWN_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What `down` allows beyond the longest stop timeout: the last registry
@@ -118,7 +116,7 @@ pub fn up(paths: &Paths, manager: &StateManager, args: &ConfigArgs) -> CliResult
         holder = CoordinatorLock::holder(paths);
     }
     if holder == Some(None) {
-        holder = CoordinatorLock::wait_leaving(paths, LEAVING_PATIENCE);
+        holder = CoordinatorLock::wait_leaving(paths);
     }
     let child = match holder {
         Some(pid) => {
@@ -290,7 +288,7 @@ pub fn down(paths: &Paths) -> CliResult {
     let store = Store::new(paths.clone());
     let mut holder = CoordinatorLock::holder(paths);
     if holder == Some(None) {
-        holder = CoordinatorLock::wait_leaving(paths, LEAVING_PATIENCE);
+        holder = CoordinatorLock::wait_leaving(paths);
     }
     let Some(holder) = holder else {
         return down_without_coordinator(paths, &store, was_down);

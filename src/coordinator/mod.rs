@@ -140,6 +140,10 @@ fn read_note(path: &Path) -> Option<String> {
     Some(text)
 }
 
+/// How long a command waits for a dead coordinator to finish leaving
+/// ([`CoordinatorLock::wait_leaving`]).
+pub const LEAVING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The exclusive lock that makes a coordinator the only one on its root.
 pub struct CoordinatorLock {
     _file: File,
@@ -197,13 +201,14 @@ impl CoordinatorLock {
 
     /// The lock is held but names no live coordinator: the one that held it
     /// died and is still leaving (its lock goes only when its last thread
-    /// has exited; a thread in `fsync` on a loaded disk, or an inotify
-    /// instance's teardown, finishes that first), or a new one has not yet
-    /// written its pid. Waits up to `patience` for either to settle and
-    /// returns the holder then, so whoever starts a coordinator next starts
-    /// one instead of finding a dead one "already running".
-    pub fn wait_leaving(paths: &Paths, patience: std::time::Duration) -> Option<Option<i32>> {
-        let deadline = std::time::Instant::now() + patience;
+    /// has exited; a thread in `fsync` on a loaded disk, or the teardown of
+    /// the log watch's inotify instance, finishes first), or a new one has
+    /// not yet written its pid. Waits up to [`LEAVING_PATIENCE`] for either
+    /// to settle, so `up`, `down` and the watchdog's recovery right after a
+    /// crash or a kill start a coordinator instead of one that finds the
+    /// lock held and leaves ("already running"). Returns [`Self::holder`].
+    pub fn wait_leaving(paths: &Paths) -> Option<Option<i32>> {
+        let deadline = std::time::Instant::now() + LEAVING_PATIENCE;
         loop {
             let holder = Self::holder(paths);
             if holder != Some(None) || std::time::Instant::now() >= deadline {
