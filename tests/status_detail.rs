@@ -381,3 +381,80 @@ fn programs_are_found_through_the_services_own_path_and_directory() {
     }
     root.ok(&["down"]);
 }
+
+/// A service starts with every standard signal at its default disposition,
+/// whatever `psm up` was started with: `nohup`, some CI runners and shell
+/// jobs hand commands SIGHUP, SIGINT or SIGQUIT ignored, and a service that
+/// inherited an ignored stop signal would make every stop wait out its
+/// timeout before SIGKILL. Both ways of starting: `posix_spawn`, and the
+/// fork psm uses once it raised its open-file limit (a soft limit of 64
+/// makes it raise).
+#[test]
+fn a_service_starts_with_default_signal_dispositions() {
+    for soft_nofile in [None, Some(64)] {
+        ignored_signals_do_not_reach_the_service(soft_nofile);
+    }
+}
+
+fn ignored_signals_do_not_reach_the_service(soft_nofile: Option<u64>) {
+    use std::os::unix::process::CommandExt;
+    let root = Root::new();
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "sig"
+type = "global"
+command = ["sh", "-c", "grep SigIgn /proc/$$/status > \"$PSM_ROOT/sigign\"; exec sleep 1000"]
+"#
+    ));
+    let mut up = root.cmd();
+    up.arg("up");
+    // SAFETY: signal() is async-signal-safe; nothing else runs here.
+    unsafe {
+        up.pre_exec(move || {
+            if let Some(soft) = soft_nofile {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                let mut old = limit;
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut old);
+                let limit = libc::rlimit {
+                    rlim_max: old.rlim_max,
+                    ..limit
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+            for sig in [
+                libc::SIGHUP,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+                libc::SIGTERM,
+            ] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let out = up.output().unwrap();
+    assert!(out.status.success(), "psm up: {}", stderr(&out));
+    let mut line = String::new();
+    wait_until(WAIT, "the service wrote its SigIgn", || {
+        line = std::fs::read_to_string(root.file("sigign")).unwrap_or_default();
+        if line.ends_with('\n') {
+            Ok(())
+        } else {
+            Err(line.clone())
+        }
+    });
+    let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    // Signals 1-31; glibc's posix_spawn leaves its two internal signals
+    // (32, 33) ignored, which no program outside glibc uses.
+    assert_eq!(
+        mask & 0x7fff_ffff,
+        0,
+        "ignored in the service (soft open-file limit {soft_nofile:?}): {line}"
+    );
+}

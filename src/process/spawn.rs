@@ -29,8 +29,11 @@ pub fn open_log(path: &Path) -> io::Result<File> {
     crate::fsx::open_log(path)
 }
 
-/// Builds the command: new session, /dev/null stdin, output to the log.
-/// Returned unspawned so the caller can spawn it with std or tokio.
+/// Builds the command: new session, /dev/null stdin, output to the log,
+/// every signal at its default. Returned unspawned so the caller can spawn
+/// it with std or tokio — outside the coordinator only: there the reaper
+/// (`process::reaper`) takes every child's exit, so the coordinator and
+/// extension kinds spawn through [`spawn_pid`] under `reaper::spawn_owned`.
 pub fn detached_command(spec: &DetachedSpec) -> io::Result<Command> {
     detached_command_to(spec, None, open_log(&spec.log)?.into())
 }
@@ -56,6 +59,7 @@ fn detached_command_to(
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
+            default_dispositions();
             // Only the soft limit goes back; the hard one is whatever the
             // child has now (someone may have lowered it with prlimit since),
             // and a limit that cannot be set is no reason not to start.
@@ -70,6 +74,30 @@ fn detached_command_to(
     }
     Ok(cmd)
 }
+
+/// Puts every signal this process ignores back to its default, in a child
+/// about to `exec` (handlers go back by themselves at `exec`; an ignored
+/// signal stays ignored). A service must not inherit what whoever started
+/// psm ignored (`nohup`'s SIGHUP, a shell job's SIGINT and SIGQUIT): an
+/// ignored stop signal would make every stop wait out its timeout.
+/// Async-signal-safe: `sigaction` only; SIGKILL, SIGSTOP and the C
+/// library's internal signals refuse, which changes nothing.
+fn default_dispositions() {
+    // SAFETY: sigaction with a zeroed struct whose handler is SIG_DFL.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..NSIG {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+    }
+}
+
+/// One past the highest signal number (Linux 64, macOS 31).
+#[cfg(target_os = "linux")]
+const NSIG: libc::c_int = 65;
+#[cfg(not(target_os = "linux"))]
+const NSIG: libc::c_int = 32;
 
 /// Where a started process reads and writes: stdin from `stdin` (else
 /// /dev/null), stdout and stderr to `output` (else the spec's log, opened
@@ -264,15 +292,15 @@ mod linux {
                 // glibc ≥ 2.29.
                 check(libc::posix_spawn_file_actions_addchdir_np(a, cwd.as_ptr()))?;
             }
-            // As std does for its children: no signal blocked, and SIGPIPE
-            // (which psm ignores) back to its default.
+            // No signal blocked, and every one at its default (see
+            // `default_dispositions`): SIGPIPE, which psm ignores, and any
+            // that whoever started psm ignored.
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             check(libc::posix_spawnattr_setsigmask(&mut attrs.0, &empty))?;
-            let mut pipe: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut pipe);
-            libc::sigaddset(&mut pipe, libc::SIGPIPE);
-            check(libc::posix_spawnattr_setsigdefault(&mut attrs.0, &pipe))?;
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            check(libc::posix_spawnattr_setsigdefault(&mut attrs.0, &all))?;
             let flags = libc::POSIX_SPAWN_SETSID
                 | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
                 | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;

@@ -167,7 +167,22 @@ pub fn environ_has(environ: &[u8], key: &str) -> bool {
 pub fn environ(pid: i32) -> Option<Vec<u8>> {
     #[cfg(target_os = "linux")]
     {
-        std::fs::read(format!("/proc/{pid}/environ")).ok()
+        // An empty block may be a process caught in `execve`: the file
+        // keeps the memory it was opened on, and the exec drops that, so
+        // it reads nothing (1 read in 4 of a just-forked `sleep` under
+        // load). Read again on a fresh open, a few times: by then the new
+        // image's block is there. Only a process whose environment really
+        // is empty pays the retries (about 4 ms).
+        let path = format!("/proc/{pid}/environ");
+        let mut block = std::fs::read(&path).ok()?;
+        for pause in [0, 1, 1, 2] {
+            if !block.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+            block = std::fs::read(&path).ok()?;
+        }
+        Some(block)
     }
     #[cfg(target_os = "macos")]
     {
