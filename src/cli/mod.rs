@@ -296,7 +296,10 @@ fn cleanup_dead(
     paths: &Paths,
     manager: &StateManager,
 ) -> Result<crate::registry::manager::CleanupReport, ManagerError> {
-    let coordinator_runs = crate::coordinator::CoordinatorLock::holder(paths).is_some();
+    // A killed coordinator's last thread may hold the lock a while after
+    // its pid is gone (see `CoordinatorLock::wait_leaving`): it ends
+    // nothing any more, so only a live, proven holder counts.
+    let coordinator_runs = crate::coordinator::CoordinatorLock::proven_holder(paths).is_some();
     manager.cleanup_dead_processes_ending(|record| {
         !coordinator_runs
             || record.metadata.get("managedBy").and_then(Value::as_str) != Some("coordinator")
