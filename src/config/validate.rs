@@ -65,7 +65,7 @@ impl Ctx<'_> {
                 "[control]",
             )?,
         };
-        // (type, name) → line of the first definition, for duplicate messages.
+        // (type, name) → where the first definition's name is, for duplicate messages.
         let mut seen: BTreeMap<(ServiceType, String), usize> = BTreeMap::new();
         let mut dep_spans = Vec::new();
         for (index, service) in raw.services.into_iter().enumerate() {
@@ -169,8 +169,11 @@ impl Ctx<'_> {
                 ))
             }
         };
-        if let Some(first) = seen.insert((service_type, name.clone()), line_of(self.text, name_at))
-        {
+        // The offset, turned into a line only for the message: counting
+        // lines from the top for every service made validation quadratic
+        // (5 % of a 5,000-service start in `perf`).
+        if let Some(first) = seen.insert((service_type, name.clone()), name_at) {
+            let first = line_of(self.text, first);
             return Err(self.error(
                 Some(name_at),
                 format!("duplicate 'name' in {within}: a {service_type} service '{name}' is already defined at line {first}; rename one of them"),
