@@ -137,6 +137,32 @@ restart = {{ attempts = 0 }}
     );
 }
 
+/// A start whose working directory is missing says so, naming it, rather
+/// than the "No such file or directory" a missing program gives.
+#[test]
+fn a_missing_working_directory_is_named() {
+    let root = Root::new();
+    root.write_config(&format!(
+        r#"{FAST}
+[[service]]
+name = "lost"
+type = "global"
+command = ["sleep", "1000"]
+cwd = "no-such-dir"
+restart = {{ attempts = 0 }}
+"#
+    ));
+    root.up();
+    let record = last_exit_where(&root, "lost", |e| !e.is_null());
+    let reason = record["lastExit"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("could not start: working directory ")
+            && reason.contains("no-such-dir")
+            && reason.contains("No such file or directory"),
+        "{record}"
+    );
+}
+
 /// A service killed for a failed probe records the probe's reason, not
 /// just the SIGKILL; the detail view shows the probe and its last result.
 #[test]

@@ -35,7 +35,26 @@ pub fn open_log(path: &Path) -> io::Result<File> {
 /// (`process::reaper`) takes every child's exit, so the coordinator and
 /// extension kinds spawn through [`spawn_pid`] under `reaper::spawn_owned`.
 pub fn detached_command(spec: &DetachedSpec) -> io::Result<Command> {
+    check_cwd(spec)?;
     detached_command_to(spec, None, open_log(&spec.log)?.into())
+}
+
+/// The working directory must be there before the start: the child's
+/// `chdir` fails with the same "No such file or directory" as a missing
+/// program, so the error would not say which one is missing.
+fn check_cwd(spec: &DetachedSpec) -> io::Result<()> {
+    let Some(cwd) = &spec.cwd else {
+        return Ok(());
+    };
+    let why = match std::fs::metadata(cwd) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => io::Error::from(io::ErrorKind::NotADirectory),
+        Err(e) => e,
+    };
+    Err(io::Error::new(
+        why.kind(),
+        format!("working directory {}: {why}", cwd.display()),
+    ))
 }
 
 /// [`detached_command`] with the given stdin (else /dev/null) and output.
@@ -120,6 +139,7 @@ pub struct Stdio3 {
 /// need it, see [`make_room_for`]), the child must be given the original
 /// back before `exec`, so that case keeps the fork path.
 pub fn spawn_pid(spec: &DetachedSpec, io: Stdio3) -> io::Result<i32> {
+    check_cwd(spec)?;
     let output = match io.output {
         Some(fd) => fd,
         None => open_log(&spec.log)?.into(),
