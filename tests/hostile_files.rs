@@ -339,15 +339,7 @@ fn lock_wait_has_a_deadline_naming_the_holder() {
     let root = Root::new();
     root.ok(&["status"]); // creates the lock file
     let lock = root.file(".live-process-registry.json.lock");
-    let holder = support::Children(vec![Command::new("flock")
-        .arg("-x")
-        .arg(&lock)
-        .args(["sleep", "1000"])
-        .process_group(0)
-        .spawn()
-        .expect("flock(1)")]);
-    let pid = holder.0[0].id() as i32;
-    root.reaper.group(pid);
+    let (_holder, pid) = root.hold_lock(&lock);
     let named = format!("held by pid {pid}");
     wait_until(Duration::from_secs(10), "flock(1) holding the lock", || {
         let mut cmd = root.cmd();

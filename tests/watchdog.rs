@@ -1246,15 +1246,7 @@ fn recovery_waits_for_a_dead_holders_lock() {
     let lock = root.file(".psm/coordinator.lock");
     // A pid above any pid_max: nobody holds it, ever.
     fs::write(&lock, "2147483646 1").unwrap();
-    let holder = support::Children(vec![Command::new("flock")
-        .arg("-x")
-        .arg(&lock)
-        .args(["sleep", "1000"])
-        .process_group(0)
-        .spawn()
-        .expect("flock(1)")]);
-    let pid = holder.0[0].id() as i32;
-    root.reaper.group(pid);
+    let (holder, pid) = root.hold_lock(&lock);
     wait_until(LIMIT, "flock(1) holding the coordinator lock", || {
         let file = fs::File::open(&lock).unwrap();
         use std::os::fd::AsRawFd;
@@ -1267,7 +1259,7 @@ fn recovery_waits_for_a_dead_holders_lock() {
     });
     // The holder leaves a moment after the watchdog has started looking.
     let release = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(1500)); // the window the watchdog must wait out
+        thread::sleep(Duration::from_millis(1500)); // the holder must not leave before the watchdog looks: the window it must wait out
         unsafe { libc::kill(-pid, libc::SIGKILL) };
         holder
     });

@@ -506,6 +506,25 @@ impl Drop for Children {
     }
 }
 
+impl Root {
+    /// `flock -x <lock> sleep 1000` in a process group of its own, which
+    /// the root's reaper ends on drop: a stranger holding one of psm's
+    /// locks. Returns the guard and the holder's pid (its group id).
+    pub fn hold_lock(&self, lock: &Path) -> (Children, i32) {
+        use std::os::unix::process::CommandExt;
+        let holder = Children(vec![Command::new("flock")
+            .arg("-x")
+            .arg(lock)
+            .args(["sleep", "1000"])
+            .process_group(0)
+            .spawn()
+            .expect("flock(1)")]);
+        let pid = holder.0[0].id() as i32;
+        self.reaper.group(pid);
+        (holder, pid)
+    }
+}
+
 /// Waits for `child` to exit, failing after `limit`.
 pub fn exit_of(
     child: &mut std::process::Child,
